@@ -1,0 +1,110 @@
+"""One turn of the support assistant, as chat (generate.py) and the HTTP server both run it.
+
+    conversation --safety.guard_reply--> crisis? -> the crisis response (the model is not asked)
+                 --chat format--> prompt ids --model, token by token--> text
+                 --held back a sentence at a time, screened with safety.screen_output-->
+                 the user sees only text that passed; a failing sentence stops the model and the
+                 safe replacement is shown instead.
+"""
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import safety
+from model.generation import GenerationResult, SamplingConfig, TextStream, generate_stream
+
+# Text is released to the user at these boundaries, after screening the answer so far.
+SENTENCE_END = re.compile(r"[.!?:;]\s|\n")
+
+
+@dataclass
+class TurnInfo:
+    """What happened in the last turn: for logs, the server's extra field and usage counts."""
+    safety: dict = field(default_factory=dict)   # safety.detect on the conversation
+    crisis: bool = False                         # the crisis response was given
+    screened: bool = False                       # the model's text was replaced
+    screen_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"                  # "stop" or "length"
+    seconds: float = 0.0
+
+
+class Assistant:
+    def __init__(self, model, tokenizer, chat_format, locale: str = "US",
+                 system_prompt: str | None = safety.SYSTEM_PROMPT):
+        self.model, self.tokenizer, self.chat_format = model, tokenizer, chat_format
+        self.locale = locale
+        self.system_prompt = system_prompt
+        self.last = TurnInfo()
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        if self.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.system_prompt}] + list(messages)
+        return self.chat_format.encode_prompt(messages, add_generation_prompt=True)
+
+    def reply(self, messages: list[dict], sampling: SamplingConfig, stop_strings=()) -> str:
+        return "".join(self.reply_stream(messages, sampling, stop_strings))
+
+    def reply_stream(self, messages: list[dict], sampling: SamplingConfig,
+                     stop_strings=(), prompt_ids: list[int] | None = None) -> Iterator[str]:
+        """Yields the reply in screened pieces; `self.last` describes the turn afterwards."""
+        info = self.last = TurnInfo()
+        start = time.perf_counter()
+        crisis_text, result = safety.guard_reply(messages, locale=self.locale)
+        info.safety = result.to_dict()
+        if crisis_text is not None:
+            info.crisis = True
+            info.seconds = time.perf_counter() - start
+            yield crisis_text
+            return
+
+        ids = prompt_ids if prompt_ids is not None else self.prompt_ids(messages)
+        gen = GenerationResult([], False, len(ids))
+        stream = TextStream(self.tokenizer)
+        shown, held = "", ""
+        tokens = generate_stream(self.model, ids, sampling, self.chat_format.stop_ids, gen)
+        for token in tokens:
+            held += stream.push(token)
+            held, hit_stop = _cut_at_stop(held, stop_strings)
+            if hit_stop or SENTENCE_END.search(held):
+                piece = self._screen(messages, shown, held)
+                if piece is None:
+                    break
+                shown, held = shown + piece, ""
+                yield piece
+            if hit_stop:
+                gen.stopped = True
+                break
+        else:
+            held, _ = _cut_at_stop(held + stream.flush(), stop_strings)
+            if held and not info.screened:
+                piece = self._screen(messages, shown, held)
+                if piece is not None:
+                    yield piece
+        tokens.close()  # frees the KV cache now, not when garbage-collected
+        if info.screened:
+            yield ("\n\n" if shown else "") + self._replacement
+        info.prompt_tokens = len(ids)
+        info.completion_tokens = len(gen.ids)
+        info.finish_reason = "stop" if gen.stopped or info.screened else "length"
+        info.seconds = time.perf_counter() - start
+
+    def _screen(self, messages, shown: str, held: str) -> str | None:
+        """The held text if the answer so far stays safe with it, else None (and remember why)."""
+        check = safety.screen_output(shown + held, conversation=messages)
+        if check.safe:
+            return held
+        self.last.screened = True
+        self.last.screen_reasons = list(check.reasons)
+        self._replacement = check.text
+        return None
+
+
+def _cut_at_stop(text: str, stop_strings) -> tuple[str, bool]:
+    for s in stop_strings:
+        if s and s in text:
+            return text[:text.index(s)], True
+    return text, False

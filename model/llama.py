@@ -1,0 +1,219 @@
+"""The Llama-3 family, by hand: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+
+    input_ids (B, T)
+      -> embed_tokens                                   (B, T, dim)
+      -> n_layers x Block:
+           h = x + Attention(RMSNorm(x))                 pre-norm residual
+           x = h + MLP(RMSNorm(h))
+      -> norm -> lm_head (or the embedding, when tied)  (B, T, vocab)
+
+Module names follow the Hugging Face checkpoints (q_proj, gate_proj, input_layernorm, ...), minus
+their "model." prefix, so weights load by name and LoRA targets read the same as everywhere else.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from model.config import LlamaConfig, RopeScaling
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 and cast back (as Meta and HF do)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- rotary embeddings
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """The inverse frequencies of rotary embeddings, (head_dim // 2,), float32.
+
+    Llama-3.1's "llama3" scaling stretches context: wavelengths longer than the original context
+    / low_freq_factor are slowed down by `factor`, those shorter than context / high_freq_factor
+    are kept, and the band between is blended smoothly.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    if scaling is None:
+        return inv_freq
+    old_ctx = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_ctx / scaling.low_freq_factor
+    high_freq_wavelen = old_ctx / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_ctx / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(in_band, blended, scaled)
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """cos and sin for the given positions, each (T, head_dim), in `dtype`."""
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim // 2)
+    emb = torch.cat((freqs, freqs), dim=-1)                 # (T, head_dim)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates pairs (x[i], x[i + head_dim/2]) by position-dependent angles.
+
+    HF checkpoints pair dimension i with i + head_dim/2 ("rotate half"); Meta's original weights
+    pair neighbours (2i, 2i+1). Both are the same rotation under a permutation of the q/k rows.
+    """
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+# ----------------------------------------------------------------------------- attention
+class KVCache(nn.Module):
+    """Preallocated keys and values for generation: (B, n_kv_heads, max_len, head_dim) each."""
+
+    def __init__(self, batch_size, max_len, n_kv_heads, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Writes positions [start, start + T) and returns keys/values for [0, start + T)."""
+        end = start + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} positions; asked for {end}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention: n_heads query heads share n_kv_heads key/value heads.
+
+        q heads:  q0 q1 q2 | q3 q4 q5 | q6 q7 q8        (SmolLM2: 9 query heads)
+        kv heads:     k0   |    k1    |    k2           (3 kv heads, each serves 3 query heads)
+    """
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, start_pos: int = 0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start_pos, k, v)  # (B, nkv, start_pos + T, hd)
+
+        # Which keys each query may see. One new token sees everything cached; a fresh prompt is
+        # plain causal; a chunk appended after cached positions needs an explicit mask.
+        mask, causal = None, False
+        if T > 1 and start_pos == 0:
+            causal = True
+        elif T > 1:
+            q_pos = torch.arange(start_pos, start_pos + T, device=x.device)[:, None]
+            mask = torch.arange(k.shape[2], device=x.device)[None, :] <= q_pos  # (T, S)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, nh * hd)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, start_pos: int = 0):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+# ----------------------------------------------------------------------------- the model
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        # Tied models (Llama-3.2 1B/3B, SmolLM2) reuse the embedding matrix as the output layer.
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling),
+                             persistent=False)
+        self.gradient_checkpointing = False
+
+    def hidden_states(self, input_ids: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """The final-normed hidden states, (B, T, dim). With a KV cache set up, `start_pos` says
+        where these tokens go; without one it must be 0."""
+        x = self.embed_tokens(input_ids)  # (B, T, dim)
+        positions = torch.arange(start_pos, start_pos + input_ids.shape[1], device=input_ids.device)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)  # (T, head_dim) each
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                # Recompute this block's activations in backward instead of keeping them.
+                x = checkpoint(layer, x, cos, sin, start_pos, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, start_pos)
+        return self.norm(x)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., dim) -> logits (..., vocab)."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, weight)
+
+    def forward(self, input_ids: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, vocab)."""
+        return self.output(self.hidden_states(input_ids, start_pos))
+
+    # ------------------------------------------------------------------ generation cache
+    def setup_cache(self, batch_size: int, max_len: int, dtype=None, device=None):
+        """Allocates a KV cache of `max_len` positions in every attention layer."""
+        max_len = min(max_len, self.config.max_seq_len)
+        dtype = dtype or self.embed_tokens.weight.dtype
+        device = device or self.embed_tokens.weight.device
+        for layer in self.layers:
+            attn = layer.self_attn
+            attn.kv_cache = KVCache(batch_size, max_len, attn.n_kv_heads, attn.head_dim, dtype, device)
+        return max_len
+
+    def clear_cache(self):
+        for layer in self.layers:
+            layer.self_attn.kv_cache = None
+
+    @property
+    def cache_len(self) -> int:
+        cache = self.layers[0].self_attn.kv_cache
+        return 0 if cache is None else cache.k.shape[2]

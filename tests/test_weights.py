@@ -1,0 +1,115 @@
+"""Bad checkpoints get one clear sentence that names the file or key, never a deep traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model import UserError, load_model
+from tests.helpers import save_hf_checkpoint, tiny_hf_config
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    save_hf_checkpoint(tiny_hf_config(), tmp_path)
+    return tmp_path
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(UserError, match="nope"):
+        load_model(tmp_path / "nope")
+
+
+def test_folder_without_config_json_is_named(tmp_path):
+    with pytest.raises(UserError, match="config.json"):
+        load_model(tmp_path)
+
+
+def test_unknown_architecture_is_refused_by_name(checkpoint):
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    cfg["architectures"] = ["MistralForCausalLM"]
+    (checkpoint / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="MistralForCausalLM"):
+        load_model(checkpoint)
+
+
+def test_unsupported_rope_scaling_is_refused_by_name(checkpoint):
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+    (checkpoint / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="yarn"):
+        load_model(checkpoint)
+
+
+def test_missing_safetensors_file_is_named(checkpoint):
+    (checkpoint / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="model.safetensors"):
+        load_model(checkpoint)
+
+
+def test_missing_shard_is_named(tmp_path):
+    save_hf_checkpoint(tiny_hf_config(), tmp_path, max_shard_size="60KB")
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(UserError, match=shard.name):
+        load_model(tmp_path)
+
+
+def test_truncated_safetensors_file_is_named(checkpoint):
+    path = checkpoint / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="model.safetensors"):
+        load_model(checkpoint)
+
+
+def test_corrupt_safetensors_header_is_named(checkpoint):
+    (checkpoint / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(UserError, match="model.safetensors"):
+        load_model(checkpoint)
+
+
+def test_tensor_of_the_wrong_shape_is_named(checkpoint):
+    path = checkpoint / "model.safetensors"
+    tensors = load_file(path)
+    tensors["model.layers.0.mlp.up_proj.weight"] = torch.zeros(7, 64)
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"model\.layers\.0\.mlp\.up_proj\.weight.*\(7, 64\)"):
+        load_model(checkpoint)
+
+
+def test_missing_tensor_is_named(checkpoint):
+    path = checkpoint / "model.safetensors"
+    tensors = load_file(path)
+    del tensors["model.norm.weight"]
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(UserError, match="norm.weight"):
+        load_model(checkpoint)
+
+
+def test_repo_id_not_available_offline_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match="some-org/some-model.*offline"):
+        load_model("some-org/some-model")
+
+
+def test_generate_cli_prints_one_line_error_for_a_missing_model(tmp_path):
+    run = subprocess.run([sys.executable, "generate.py", "--model", str(tmp_path / "missing"),
+                          "--prompt", "hi"], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "missing" in lines[0]
+
+
+def test_weights_stream_in_as_frozen_parameters_of_the_requested_dtype(checkpoint):
+    model = load_model(checkpoint, dtype="bfloat16")
+    params = list(model.parameters())
+    assert params and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in params)
+    assert not any(p.is_meta for p in params)

@@ -1,0 +1,504 @@
+"""Tokenizers: one interface over the three kinds of files Llama-family models ship.
+
+  kind                      file                                  run by
+  ------------------------  ------------------------------------  -------------
+  Llama-3 tiktoken          tokenizer.model (text: "base64 rank")  tiktoken
+  Hugging Face BPE          tokenizer.json (byte-level BPE)        tiktoken, after conversion
+  sentencepiece (Llama-2)   tokenizer.model (protobuf)             sentencepiece
+
+Byte-level BPE in one paragraph: text is cut into pieces by a regex (words, numbers, runs of
+spaces), each piece is turned into UTF-8 bytes, and pairs of neighbouring tokens are merged,
+lowest rank first, until no pair is in the vocabulary. tiktoken does exactly this, so a
+tokenizer.json only has to be translated: its tokens are written in a printable stand-in
+alphabet (one character per byte, see `_byte_alphabet`) and its merge list gives the ranks.
+
+`load_tokenizer(path_or_id)` finds the file (in a folder or on the Hugging Face hub) and picks
+the kind. Special tokens (`<|eot_id|>`, `<|im_end|>`, ...) are only recognised in text when the
+caller asks for it (`allow_special=True`), so user text can never smuggle in a control token.
+"""
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import regex  # like `re`, but knows the \p{L} (letter) and \p{N} (number) classes
+import sentencepiece
+import tiktoken
+
+from model.errors import UserError
+
+# How Llama-3 cuts text into pieces before merging: contractions, a word with at most one
+# leading non-letter, numbers of at most three digits, punctuation runs, newlines, spaces.
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# GPT-2's pattern, which a tokenizer.json asks for with ByteLevel(use_regex=true).
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+LLAMA3_NUM_BASE_TOKENS = 128000  # lines in Llama-3's tokenizer.model; special ids follow
+LLAMA3_SPECIAL_TOKENS = [  # ids 128000, 128001, ... in this order
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|reserved_special_token_2|>",
+    "<|reserved_special_token_3|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|reserved_special_token_4|>",
+    "<|eot_id|>",
+] + [f"<|reserved_special_token_{i}|>" for i in range(5, 251)]  # 246 more: 256 in all
+
+# What a folder may hold, in the order we prefer it (tokenizer.json carries its special tokens).
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "original/tokenizer.model"]
+SIDE_FILES = ["tokenizer_config.json", "chat_template.jinja"]
+
+
+@dataclass
+class TokenizerConfig:
+    """The few settings that live beside the vocabulary (tokenizer_config.json)."""
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    add_bos: bool | None = None      # does HF's tokenizer(text) put bos first? None: not said
+    chat_template: str | None = None
+
+
+class Tokenizer:
+    """What every kind offers. Subclasses supply `_encode_ordinary` and `decode_bytes`."""
+
+    def __init__(self, source: str, special_tokens: dict[str, int], vocab_size: int,
+                 config: TokenizerConfig):
+        self.source = source                      # the file, for error messages
+        self.special_tokens = special_tokens      # {"<|eot_id|>": 128009, ...}
+        self.vocab_size = vocab_size
+        self.bos_id = self._config_token_id(config.bos_token, "bos_token")
+        self.eos_id = self._config_token_id(config.eos_token, "eos_token")
+        self.pad_id = self._config_token_id(config.pad_token, "pad_token")
+        self.add_bos = bool(config.add_bos) and self.bos_id is not None
+        self.chat_template = config.chat_template
+        # Longest first, so that a special token that starts another one never wins early.
+        names = sorted(special_tokens, key=len, reverse=True)
+        self._special_re = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
+
+    def _config_token_id(self, token: str | None, key: str) -> int | None:
+        if token is None:
+            return None
+        if token not in self.special_tokens:
+            raise UserError(f"{key} {token!r} in the tokenizer config is not a special token of "
+                            f"{self.source}; fix {key} in tokenizer_config.json.")
+        return self.special_tokens[token]
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a special token such as "<|eot_id|>", or None if this tokenizer lacks it."""
+        return self.special_tokens.get(token)
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False,
+               allow_special: bool = False) -> list[int]:
+        """Text -> ids. With allow_special, special-token strings in the text become their ids;
+        without it they are ordinary text (the safe choice for anything a user typed)."""
+        ids = [self._required_id(self.bos_id, "bos")] if bos else []
+        if allow_special and self._special_re is not None:
+            # split() with a group alternates: text, special, text, special, ..., text
+            for i, part in enumerate(self._special_re.split(text)):
+                if i % 2 == 1:
+                    ids.append(self.special_tokens[part])
+                elif part:
+                    ids.extend(self._encode_ordinary(part))
+        else:
+            ids.extend(self._encode_ordinary(text))
+        if eos:
+            ids.append(self._required_id(self.eos_id, "eos"))
+        return ids
+
+    def _required_id(self, token_id: int | None, what: str) -> int:
+        if token_id is None:
+            raise UserError(f"{self.source} defines no {what} token; set {what}_token in "
+                            "tokenizer_config.json beside it.")
+        return token_id
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids -> text; bytes that are not (yet) valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        """Ids -> raw bytes, where decode_bytes(a + b) == decode_bytes(a) + decode_bytes(b), so a
+        stream can add one token at a time and print only once the bytes are complete UTF-8."""
+        raise NotImplementedError
+
+    def _unknown_id(self, token_id: int) -> UserError:
+        return UserError(f"Token id {token_id} is not in {self.source} (vocab size "
+                         f"{self.vocab_size}); the model and the tokenizer do not belong together.")
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE run by tiktoken: the Llama-3 file as it is, a tokenizer.json converted.
+
+    `ranks` maps token bytes to merge priority. `pattern` is the piece-cutting regex tiktoken
+    applies; `pre_split` are regexes applied before it, one after the other, for tokenizer.json
+    files that chain several pre-tokenizers. When ranks are not the model's ids, `rank_to_id`
+    translates them.
+    """
+
+    def __init__(self, source: str, ranks: dict[bytes, int], pattern: str,
+                 special_tokens: dict[str, int], config: TokenizerConfig,
+                 pre_split: list[str] | None = None, rank_to_id: list[int] | None = None,
+                 token_bytes: dict[int, bytes] | None = None):
+        self._tiktoken = tiktoken.Encoding(Path(source).name, pat_str=pattern,
+                                           mergeable_ranks=ranks, special_tokens={})
+        self._pre_split = [regex.compile(p) for p in pre_split or []]
+        self._rank_to_id = rank_to_id
+        # Some vocabularies lack a few byte values (control characters, bytes UTF-8 never uses).
+        self._missing_bytes = bytes(b for b in range(256) if bytes([b]) not in ranks)
+        self._last_split = regex.compile(pattern)
+        if token_bytes is None:  # ranks are ids
+            token_bytes = {rank: token for token, rank in ranks.items()}
+        for name, token_id in special_tokens.items():
+            token_bytes[token_id] = name.encode("utf-8")
+        self._token_bytes = token_bytes
+        super().__init__(source, special_tokens, max(token_bytes) + 1, config)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        pieces = [text]
+        for splitter in self._pre_split:
+            pieces = [part for piece in pieces for part in splitter.findall(piece)]
+        if self._missing_bytes and self._has_missing_bytes(text):
+            ranks = self._encode_without_missing_bytes(pieces)
+        else:
+            ranks = [r for piece in pieces for r in self._tiktoken.encode_ordinary(piece)]
+        if self._rank_to_id is None:
+            return ranks
+        return [self._rank_to_id[r] for r in ranks]
+
+    def _has_missing_bytes(self, text: str) -> bool:
+        data = text.encode("utf-8", errors="surrogatepass")
+        return len(data.translate(None, self._missing_bytes)) != len(data)
+
+    def _encode_without_missing_bytes(self, pieces: list[str]) -> list[int]:
+        """The slow path, for text with a byte the vocabulary lacks. Hugging Face's BPE drops
+        such a byte after cutting the piece and before merging, so its neighbours may merge."""
+        ranks = []
+        for piece in pieces:
+            for part in self._last_split.findall(piece):
+                data = part.encode("utf-8", errors="surrogatepass").translate(None, self._missing_bytes)
+                if data:
+                    ranks.extend(self._tiktoken._encode_single_piece(data))  # merge, no regex
+        return ranks
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        try:
+            return b"".join(self._token_bytes[i] for i in ids)
+        except KeyError as err:
+            raise self._unknown_id(err.args[0]) from None
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A sentencepiece model (Llama-2 family), run by the sentencepiece package.
+
+    decode() is sentencepiece's own (it drops control tokens and the space in front of the first
+    word). decode_bytes() turns each piece into its bytes ("▁" -> space, "<0x0A>" -> newline) and
+    keeps every space, because a stream decodes one token at a time. Special tokens are the
+    control pieces (<s>, </s>) and <unk>; sentencepiece itself never reads those from text.
+    """
+
+    def __init__(self, source: str, config: TokenizerConfig | None):
+        self._sp = sentencepiece.SentencePieceProcessor(model_file=source)
+        sp = self._sp
+        special_tokens, self._piece_bytes = {}, []
+        for i in range(sp.get_piece_size()):
+            piece = sp.id_to_piece(i)
+            if sp.is_control(i) or sp.is_unknown(i):
+                special_tokens[piece] = i
+            if sp.is_byte(i):               # "<0xE2>": one raw byte
+                self._piece_bytes.append(bytes([int(piece[3:-1], 16)]))
+            elif sp.is_control(i):          # <s>, </s>: not text
+                self._piece_bytes.append(b"")
+            elif sp.is_unknown(i):
+                self._piece_bytes.append(" \u2047 ".encode())  # what sentencepiece prints
+            else:
+                self._piece_bytes.append(piece.replace("\u2581", " ").encode("utf-8"))
+        config = config or TokenizerConfig()
+        if config.add_bos is None:
+            config.add_bos = True  # Llama-2 starts every sequence with <s>
+        for key in ("bos", "eos", "pad"):  # the model file knows its own ids; config overrides
+            token_id = getattr(sp, f"{key}_id")()
+            if getattr(config, f"{key}_token") is None and token_id >= 0:
+                setattr(config, f"{key}_token", sp.id_to_piece(token_id))
+        super().__init__(source, special_tokens, sp.get_piece_size(), config)
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self._sp.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        self.decode_bytes(ids)  # the same check for ids out of range
+        return self._sp.decode(list(ids))
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        try:
+            return b"".join(self._piece_bytes[i] for i in ids)
+        except IndexError:
+            bad = next(i for i in ids if not 0 <= i < len(self._piece_bytes))
+            raise self._unknown_id(bad) from None
+
+
+# ---------------------------------------------------------------- finding and reading files
+
+def load_tokenizer(path_or_id: str | Path) -> Tokenizer:
+    """A tokenizer from a file, a folder, or a Hugging Face hub repo id."""
+    path = Path(path_or_id).expanduser()
+    if not path.exists():
+        if _looks_like_repo_id(str(path_or_id)):
+            path = _download(str(path_or_id))
+        else:
+            raise UserError(f"Tokenizer path {path} does not exist; pass a tokenizer file, a "
+                            "model folder, or a hub repo id such as HuggingFaceTB/SmolLM2-135M-Instruct.")
+    file = _find_tokenizer_file(path) if path.is_dir() else path
+    config = _read_config(file.parent)
+    if file.name.endswith(".json"):
+        return _load_tokenizer_json(file, config)
+    if _is_tiktoken_file(file):
+        return _load_tiktoken_file(file, config)
+    try:
+        return SentencePieceTokenizer(str(file), config)
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"{file} is neither a tiktoken file nor a sentencepiece model "
+                        f"({err}); point to a tokenizer.model or tokenizer.json.") from None
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.startswith(".")
+
+
+def _download(repo_id: str) -> Path:
+    """The tokenizer files of a hub repo, through huggingface_hub's cache (which honours
+    HF_HOME, HF_HUB_OFFLINE and the login token like every other Hugging Face tool)."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id, allow_patterns=TOKENIZER_FILES + SIDE_FILES)
+    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled,
+            ValueError, OSError) as err:
+        raise UserError(f"Could not get the tokenizer of hub repo {repo_id} "
+                        f"({type(err).__name__}): it is not a local path and is not in the hub "
+                        "cache; go online (or log in for a gated repo) or pass a local folder.") from None
+    return Path(folder)
+
+
+def _find_tokenizer_file(folder: Path) -> Path:
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"Folder {folder} has no tokenizer ({', '.join(TOKENIZER_FILES)}); "
+                    "point to the model folder that holds one.")
+
+
+def _is_tiktoken_file(file: Path) -> bool:
+    """tiktoken files are text lines "base64 rank"; sentencepiece models are binary protobuf."""
+    with open(file, "rb") as f:
+        first_line = f.readline(1024)
+    return re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+\r?\n?", first_line) is not None
+
+
+def _read_config(folder: Path) -> TokenizerConfig | None:
+    """tokenizer_config.json and chat_template.jinja beside the file, or one level up for the
+    original/ folder of meta-llama repos. None when there are neither."""
+    if folder.name == "original" and not (folder / "tokenizer_config.json").is_file():
+        folder = folder.parent
+    file, jinja_file = folder / "tokenizer_config.json", folder / "chat_template.jinja"
+    if not file.is_file() and not jinja_file.is_file():
+        return None
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{file} is not valid JSON ({err}); restore it from the model repo.") from None
+
+    def token_name(value):  # "<s>", or {"content": "<s>", ...} in older files
+        return value.get("content") if isinstance(value, dict) else value
+
+    template = raw.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default", next(iter(named.values()), None))
+    if jinja_file.is_file():  # newer repos keep the template apart
+        template = jinja_file.read_text(encoding="utf-8")
+    return TokenizerConfig(
+        bos_token=token_name(raw.get("bos_token")),
+        eos_token=token_name(raw.get("eos_token")),
+        pad_token=token_name(raw.get("pad_token")),
+        add_bos=raw.get("add_bos_token"),
+        chat_template=template,
+    )
+
+
+# ---------------------------------------------------------------- (a) Llama-3 tiktoken file
+
+def _load_tiktoken_file(file: Path, config: TokenizerConfig | None) -> BPETokenizer:
+    ranks = {}
+    with open(file, "rb") as f:
+        for line_number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
+            except (ValueError, IndexError):
+                raise UserError(f"{file} line {line_number} is not 'base64 rank'; the file is "
+                                "damaged, download it again.") from None
+            ranks[token] = rank
+    # The file holds no special tokens: Llama-3 numbers them right after the ordinary ones.
+    special_tokens = {name: len(ranks) + i for i, name in enumerate(LLAMA3_SPECIAL_TOKENS)}
+    config = config or TokenizerConfig()
+    config.bos_token = config.bos_token or "<|begin_of_text|>"
+    config.eos_token = config.eos_token or "<|end_of_text|>"
+    config.add_bos = True  # Meta's tokenizer always starts with <|begin_of_text|>
+    return BPETokenizer(str(file), ranks, LLAMA3_PATTERN, special_tokens, config)
+
+
+# ---------------------------------------------------------------- (b) tokenizer.json
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's stand-in alphabet: one printable character for each byte value.
+
+    Bytes that are already printable stand for themselves ("a" is byte 97); the other 68 (control
+    characters, space, and a few Latin-1 ones) take characters from U+0100 on, in byte order,
+    which is why a space appears as "Ġ" (U+0120) in a tokenizer.json.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    alphabet, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            alphabet[chr(byte)] = byte
+        else:
+            alphabet[chr(256 + extra)] = byte
+            extra += 1
+    return alphabet
+
+
+def _load_tokenizer_json(file: Path, config: TokenizerConfig | None) -> BPETokenizer:
+    try:
+        spec = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{file} is not valid JSON ({err}); download it again.") from None
+    model = spec.get("model") or {}
+
+    def refuse(key, value):
+        raise UserError(f"{file}: {key} = {json.dumps(value)} is not supported (only byte-level "
+                        "BPE as in Llama-3 and SmolLM2); use a tokenizer of that kind.")
+
+    if model.get("type") != "BPE":
+        refuse("model.type", model.get("type"))
+    for key, allowed in [("dropout", (None, 0)), ("byte_fallback", (None, False)),
+                         ("continuing_subword_prefix", (None, "")), ("end_of_word_suffix", (None, ""))]:
+        if model.get(key) not in allowed:
+            refuse(f"model.{key}", model.get(key))
+    if spec.get("normalizer") is not None:
+        refuse("normalizer", spec["normalizer"])
+
+    # Added tokens are the special tokens; they are matched in raw text, never merged.
+    special_tokens = {}
+    for token in spec.get("added_tokens", []):
+        for option in ("lstrip", "rstrip", "single_word"):
+            if token.get(option):
+                refuse(f"added_tokens[{token['content']!r}].{option}", True)
+        special_tokens[token["content"]] = token["id"]
+    special_ids = set(special_tokens.values())
+
+    pre_split = _pre_tokenizer_patterns(spec.get("pre_tokenizer"), refuse)
+    pattern = pre_split.pop() if pre_split else r"[\s\S]+"  # no split: the text is one piece
+
+    # Ranks. tiktoken merges the neighbouring pair whose joined bytes have the lowest rank, so
+    # a token's rank is the position of the first merge that makes it. Single bytes are never
+    # the result of a merge; their rank only has to be unique.
+    first_merge = {}
+    for i, merge in enumerate(model.get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge  # "a b" or ["a", "b"]
+        first_merge.setdefault(left + right, i)
+    ignore_merges = bool(model.get("ignore_merges"))  # look whole pieces up first, as tiktoken does
+
+    alphabet = _byte_alphabet()
+    token_bytes, mergeable = {}, []   # mergeable: (priority, id, bytes)
+    for text, token_id in model.get("vocab", {}).items():
+        if token_id in special_ids:
+            continue
+        try:
+            data = bytes(alphabet[ch] for ch in text)
+        except KeyError:
+            refuse(f"model.vocab[{text!r}]", "a token outside the byte-level alphabet")
+        token_bytes[token_id] = data
+        if len(data) == 1:
+            mergeable.append((-1, token_id, data))
+        elif text in first_merge:
+            mergeable.append((first_merge[text], token_id, data))
+        elif ignore_merges:  # reachable only by whole-piece lookup, after every merged token
+            mergeable.append((len(first_merge), token_id, data))
+        # else: no merge makes it and whole pieces are not looked up, so it is never produced
+    if not token_bytes:
+        refuse("model.vocab", {})
+
+    mergeable.sort()
+    merged_ids = [token_id for priority, token_id, _ in mergeable if priority >= 0]
+    if all(a < b for a, b in zip(merged_ids, merged_ids[1:])):
+        ranks = {data: token_id for _, token_id, data in mergeable}  # ids already in merge order
+        rank_to_id = None
+    else:
+        ranks = {data: rank for rank, (_, _, data) in enumerate(mergeable)}
+        rank_to_id = [token_id for _, token_id, _ in mergeable]
+
+    config = config or TokenizerConfig()
+    first_special = _post_processor_bos(spec.get("post_processor"))
+    if config.bos_token is None:
+        config.bos_token = first_special
+    if config.add_bos is None:
+        config.add_bos = first_special is not None and first_special == config.bos_token
+    if config.eos_token is None:  # no tokenizer_config.json: the usual names
+        config.eos_token = next((t for t in ("<|end_of_text|>", "</s>", "<|endoftext|>")
+                                 if t in special_tokens), None)
+    return BPETokenizer(str(file), ranks, pattern, special_tokens, config,
+                        pre_split=pre_split, rank_to_id=rank_to_id, token_bytes=token_bytes)
+
+
+def _pre_tokenizer_patterns(step: dict | None, refuse) -> list[str]:
+    """The pre_tokenizer as a list of regexes, applied one after the other. Each regex matches
+    every character of its input, so that its matches are the pieces (tiktoken's convention)."""
+    if step is None:
+        return []
+    kind = step.get("type")
+    if kind == "Sequence":
+        return [p for inner in step.get("pretokenizers", []) for p in _pre_tokenizer_patterns(inner, refuse)]
+    if kind == "ByteLevel":  # bytes -> stand-in alphabet, which our conversion already undid
+        if step.get("add_prefix_space"):
+            refuse("pre_tokenizer ByteLevel.add_prefix_space", True)
+        return [GPT2_PATTERN] if step.get("use_regex", True) else []
+    if kind == "Digits":
+        return [r"\p{N}|\P{N}+" if step.get("individual_digits") else r"\p{N}+|\P{N}+"]
+    if kind == "Split":
+        if step.get("behavior") != "Isolated" or step.get("invert"):
+            refuse("pre_tokenizer Split behavior/invert", [step.get("behavior"), step.get("invert")])
+        pattern = step.get("pattern", {})
+        found = pattern["Regex"] if "Regex" in pattern else regex.escape(pattern.get("String", ""))
+        # Isolated: each match is a piece and so is each stretch between matches.
+        return [rf"(?:{found})|(?:(?!(?:{found}))[\s\S])+"]
+    refuse("pre_tokenizer type", kind)
+
+
+def _post_processor_bos(step: dict | None) -> str | None:
+    """The special token HF's post-processor puts first (Llama-3: <|begin_of_text|>), if any."""
+    if not step:
+        return None
+    if step.get("type") == "Sequence":
+        found = [_post_processor_bos(inner) for inner in step.get("processors", [])]
+        return next((f for f in found if f), None)
+    if step.get("type") == "TemplateProcessing" and step.get("single"):
+        first = step["single"][0]
+        if "SpecialToken" in first:
+            return first["SpecialToken"]["id"]
+    return None

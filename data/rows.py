@@ -1,0 +1,375 @@
+"""Instruction/input/output rows: find them, read them, check them, split them.
+
+A row is one training example in the shape of the seed dataset (samhog/psychology-10k):
+
+    instruction  what the assistant is asked to be (the same sentence on every seed row)
+    input        the person's message
+    output       the reply the model should learn to give
+
+Where rows come from (the `source` argument):
+
+    None or "sample"          the bundled rows in data/sample/ (train.jsonl, eval.jsonl)
+    a .json/.jsonl/.csv file  a JSON array of objects, JSON Lines, or CSV with a header row
+    a folder                  every .json/.jsonl/.csv file inside it (files named like an
+                              evaluation split, e.g. eval.jsonl or test.csv, are kept apart)
+    "owner/name"              a dataset on the Hugging Face hub, fetched with huggingface_hub
+
+Validation, decided once for every source:
+
+    - "input" and "output" must be non-empty: a reply without a message (or a message without
+      a reply) teaches nothing. Such rows are skipped and counted, with their first line numbers.
+    - "instruction" may be empty or absent: DEFAULT_INSTRUCTION stands in for it, because the
+      seed data uses one fixed instruction and most other instruction data has none.
+    - Surrounding whitespace is stripped; rows that are then exact duplicates are dropped.
+    - Keys other than the three (a "topic", provenance fields) are ignored.
+    - A file that cannot be parsed, lacks a required column altogether, or holds no usable row
+      raises UserError naming the file (and the line, where there is one).
+"""
+
+import csv
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model.errors import UserError
+
+# The instruction the bundled sample rows carry; rows without one get it too, so that a model
+# trained on a mix sees one consistent instruction.
+DEFAULT_INSTRUCTION = (
+    "You are a supportive mental-health assistant. Read the person's message carefully, respond "
+    "with warmth and empathy, reflect back what they have shared, and offer practical, safe next "
+    "steps, including professional support where it would help."
+)
+
+REQUIRED_COLUMNS = ("input", "output")   # must be non-empty on every kept row
+OPTIONAL_COLUMNS = ("instruction",)       # empty or missing -> DEFAULT_INSTRUCTION
+DATA_SUFFIXES = (".json", ".jsonl", ".csv")
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SEED_DATASET = "samhog/psychology-10k"
+
+# A file name like eval.jsonl, validation-00000.csv or test_rows.json marks an evaluation split.
+EVAL_NAME = re.compile(r"^(eval|evaluation|valid|validation|val|test|dev)([._-]|$)", re.IGNORECASE)
+# "owner/name" with the characters the hub allows; anything else is treated as a path.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MAX_SKIPPED_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Row:
+    instruction: str
+    input: str
+    output: str
+
+
+@dataclass
+class LoadStats:
+    """What happened while reading: shown to the user so silent data loss cannot happen."""
+
+    source: str
+    files: list[str] = field(default_factory=list)
+    read: int = 0                  # records found in the files
+    kept: int = 0                  # rows returned
+    skipped: int = 0               # empty or missing input/output
+    skipped_where: list[str] = field(default_factory=list)  # first few "file:line"
+    duplicates: int = 0            # exact duplicates dropped
+    default_instruction: int = 0   # kept rows that got DEFAULT_INSTRUCTION
+
+    def summary(self) -> str:
+        text = f"{self.source}: {self.kept} rows kept of {self.read} read"
+        if self.skipped:
+            text += f", {self.skipped} skipped for an empty input or output"
+            text += f" (first at {', '.join(self.skipped_where)})"
+        if self.duplicates:
+            text += f", {self.duplicates} duplicates dropped"
+        if self.default_instruction:
+            text += f", {self.default_instruction} given the default instruction"
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one file into records: (where, dict) pairs, where = "file:line" for error messages.
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, dict]]:
+    records = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines (a trailing newline, say) are not rows
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {line_no} is not valid JSON ({e.msg}); "
+                            "fix or delete that line.") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path} line {line_no} is not a JSON object; each line must look "
+                            'like {"instruction": ..., "input": ..., "output": ...}.')
+        records.append((f"{path.name}:{line_no}", obj))
+    return records
+
+
+def _read_json(path: Path, text: str) -> list[tuple[str, dict]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        # Many hub datasets name JSON Lines files ".json": if the first line is an object on
+        # its own, read the file as JSON Lines instead.
+        first = text.lstrip().split("\n", 1)[0]
+        try:
+            looks_like_lines = isinstance(json.loads(first), dict)
+        except json.JSONDecodeError:
+            looks_like_lines = False
+        if looks_like_lines:
+            return _read_jsonl(path, text)
+        raise UserError(f"{path} line {e.lineno} is not valid JSON ({e.msg}); fix the file "
+                        "or save it as JSON Lines (.jsonl).") from None
+    if isinstance(data, dict):  # a single object is one row
+        data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"{path} must hold a JSON array of objects, not a {type(data).__name__}.")
+    records = []
+    for i, obj in enumerate(data, start=1):
+        if not isinstance(obj, dict):
+            raise UserError(f"{path} item {i} of the array is not a JSON object; every item must "
+                            'look like {"instruction": ..., "input": ..., "output": ...}.')
+        records.append((f"{path.name} item {i}", obj))
+    return records
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[str, dict]]:
+    lines = text.splitlines(keepends=True)
+    reader = csv.DictReader(lines, strict=True)  # strict: a stray quote is an error, not data
+    records = []
+    next_line = 2  # line 1 is the header
+    try:
+        for obj in reader:
+            # A quoted field may span several lines; the row starts where the last one ended.
+            where, next_line = next_line, reader.line_num + 1
+            if None in obj:  # more fields than the header names
+                raise UserError(f"{path} line {where} has more fields than the header row; "
+                                "quote fields that contain commas.")
+            records.append((f"{path.name}:{where}", obj))
+    except csv.Error as e:
+        raise UserError(f"{path} line {next_line} is not valid CSV ({e}); "
+                        "check the quoting on that line.") from None
+    return records
+
+
+def _read_records(path: Path) -> list[tuple[str, dict]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8.") from None
+    if not text.strip():
+        raise UserError(f"{path} is empty; it must hold rows with input and output fields.")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = _read_jsonl(path, text)
+    elif suffix == ".json":
+        records = _read_json(path, text)
+    else:
+        records = _read_csv(path, text)
+    if not records:
+        raise UserError(f"{path} holds no rows; it must hold rows with input and output fields.")
+
+    present = set()
+    for _, obj in records:
+        present.update(obj.keys())
+    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    if missing:
+        found = ", ".join(sorted(str(k) for k in present)) or "none"
+        raise UserError(f"{path} has no {' or '.join(repr(c) for c in missing)} column "
+                        f"(found: {found}); rename its columns to instruction, input and output.")
+    return records
+
+
+def _clean(value) -> str:
+    """A field as stripped text; None, missing and non-text values count as empty."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _rows_from_files(files: list[Path], source: str) -> tuple[list[Row], LoadStats]:
+    stats = LoadStats(source=source, files=[str(f) for f in files])
+    rows: list[Row] = []
+    seen: set[Row] = set()
+    for path in files:
+        for where, obj in _read_records(path):
+            stats.read += 1
+            instruction = _clean(obj.get("instruction"))
+            text_in, text_out = _clean(obj.get("input")), _clean(obj.get("output"))
+            if not text_in or not text_out:
+                stats.skipped += 1
+                if len(stats.skipped_where) < MAX_SKIPPED_SHOWN:
+                    stats.skipped_where.append(where)
+                continue
+            row = Row(instruction or DEFAULT_INSTRUCTION, text_in, text_out)
+            if row in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(row)
+            if not instruction:
+                stats.default_instruction += 1
+            rows.append(row)
+    stats.kept = len(rows)
+    if not rows:
+        raise UserError(f"{source} holds no usable rows ({stats.read} read, {stats.skipped} "
+                        "with an empty input or output); every row needs input and output text.")
+    return rows, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the files a source names.
+
+
+def _data_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """All data files under `folder` (sorted), split into (training files, evaluation files)."""
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in DATA_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    train = [p for p in files if not EVAL_NAME.match(p.name)]
+    evals = [p for p in files if EVAL_NAME.match(p.name)]
+    return train, evals
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch (or find in the cache) a hub dataset's json/jsonl/csv files; returns its folder."""
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError,
+                                            RepositoryNotFoundError)
+    except ImportError:
+        raise UserError(f"loading {repo_id!r} from the hub needs huggingface_hub; "
+                        "pip install huggingface_hub or pass a local .jsonl file.") from None
+    # huggingface_hub reads HF_HUB_OFFLINE and HF_HOME once, at import; reading them again here
+    # means a value set later in the same process (a notebook cell, a test) still counts.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    cache_dir = os.environ.get("HF_HUB_CACHE")
+    if cache_dir is None and os.environ.get("HF_HOME"):
+        cache_dir = os.path.join(os.environ["HF_HOME"], "hub")
+    how_local = "pass a local .json, .jsonl or .csv file instead"
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id, repo_type="dataset", allow_patterns=["*.json", "*.jsonl", "*.csv"],
+            cache_dir=cache_dir, local_files_only=offline)
+    except RepositoryNotFoundError:
+        raise UserError(f"dataset {repo_id!r} was not found on the hub (or needs a token: set "
+                        f"HF_TOKEN); check the name or {how_local}.") from None
+    except LocalEntryNotFoundError:
+        raise UserError(f"dataset {repo_id!r} is not in the local hub cache and the hub cannot "
+                        f"be reached (offline or HF_HUB_OFFLINE=1); download it once while "
+                        f"online or {how_local}.") from None
+    except HfHubHTTPError as e:
+        raise UserError(f"the hub refused dataset {repo_id!r} ({e}); {how_local}.") from None
+    return Path(folder)
+
+
+def resolve_files(source: str | os.PathLike | None) -> tuple[list[Path], list[Path], str]:
+    """(training files, evaluation files, display name) for a source; see the module docstring."""
+    if source is None or str(source) == "sample":
+        folder = SAMPLE_DIR
+        if not (folder / "train.jsonl").is_file():
+            raise UserError(f"the bundled sample rows are missing ({folder / 'train.jsonl'}); "
+                            "reinstall the project or pass --data with a file.")
+        evals = [folder / "eval.jsonl"] if (folder / "eval.jsonl").is_file() else []
+        return [folder / "train.jsonl"], evals, "sample"
+    name = str(source)
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() not in DATA_SUFFIXES:
+            raise UserError(f"{path} is not a .json, .jsonl or .csv file; convert it to one "
+                            "of those.")
+        return [path], [], name
+    if path.is_dir():
+        train, evals = _data_files(path)
+        if not train and not evals:
+            raise UserError(f"folder {path} holds no .json, .jsonl or .csv file; put the rows "
+                            "in one of those formats.")
+        if not train:
+            raise UserError(f"folder {path} holds only evaluation files "
+                            f"({', '.join(p.name for p in evals)}); pass one of them as the "
+                            "training file instead.")
+        return train, evals, name
+    looks_like_path = (name.startswith((".", "/", "~")) or "\\" in name
+                       or path.suffix.lower() in DATA_SUFFIXES)
+    if looks_like_path or not HUB_ID.match(name):
+        raise UserError(f"data source {name!r} is neither an existing file or folder nor a hub "
+                        "dataset id like owner/name; check the path.")
+    folder = _download(name)
+    train, evals = _data_files(folder)
+    if not train:
+        train, evals = evals, []  # a dataset that ships only a "test" file still trains
+    if not train:
+        raise UserError(f"dataset {name!r} has no .json, .jsonl or .csv file (only those are "
+                        "read); convert it and pass the local file instead.")
+    return train, evals, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API.
+
+
+def load_rows(source: str | os.PathLike | None = None) -> tuple[list[Row], LoadStats]:
+    """The training rows of a source, checked and deduplicated, with what was dropped and why."""
+    train_files, _, name = resolve_files(source)
+    return _rows_from_files(train_files, name)
+
+
+def _row_score(row: Row, seed: int) -> float:
+    """A number in [0, 1) fixed by the row's text and the seed alone."""
+    text = f"{seed}\x00{row.instruction}\x00{row.input}\x00{row.output}"
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_rows(rows: list[Row], eval_fraction: float = 0.005,
+               seed: int = 3407) -> tuple[list[Row], list[Row]]:
+    """Hold out about `eval_fraction` of the rows for evaluation, deterministically.
+
+    Each row gets a score from a hash of its text and the seed; the rows with the lowest scores
+    are held out. So the split does not depend on row order (shuffling the file changes
+    nothing), and adding rows moves at most the few rows at the boundary. At least one row is
+    held out whenever eval_fraction > 0 and there are two rows or more. Both parts keep the
+    input order.
+    """
+    if not 0.0 <= eval_fraction < 1.0:
+        raise UserError(f"--eval-fraction must be at least 0 and below 1, got {eval_fraction}.")
+    n_eval = round(len(rows) * eval_fraction)
+    if eval_fraction > 0 and len(rows) >= 2:
+        n_eval = max(1, n_eval)
+    if n_eval == 0:
+        return list(rows), []
+    ranked = sorted(range(len(rows)), key=lambda i: _row_score(rows[i], seed))
+    held_out = set(ranked[:n_eval])
+    train = [r for i, r in enumerate(rows) if i not in held_out]
+    evals = [r for i, r in enumerate(rows) if i in held_out]
+    return train, evals
+
+
+def load_train_eval(source: str | os.PathLike | None = None,
+                    eval_source: str | os.PathLike | None = None,
+                    eval_fraction: float = 0.005,
+                    seed: int = 3407) -> tuple[list[Row], list[Row], LoadStats]:
+    """Training and evaluation rows for a run, plus the training rows' LoadStats.
+
+    The evaluation rows come from, in this order: `eval_source` if given; the evaluation files
+    that the source itself ships (data/sample/eval.jsonl, a folder's eval.jsonl or test.csv);
+    else a deterministic split_rows() of the training rows. Evaluation rows that also appear in
+    the training rows are removed from training, so the held-out score stays honest.
+    """
+    train_files, eval_files, name = resolve_files(source)
+    train, stats = _rows_from_files(train_files, name)
+    if eval_source is not None:
+        evals, _ = load_rows(eval_source)
+    elif eval_files:
+        evals, _ = _rows_from_files(eval_files, f"{name} (evaluation files)")
+    else:
+        return (*split_rows(train, eval_fraction, seed), stats)
+    held_out = set(evals)
+    train = [r for r in train if r not in held_out]
+    if not train:
+        raise UserError(f"every training row of {name} is also an evaluation row; "
+                        "pass a different evaluation file.")
+    return train, evals, stats

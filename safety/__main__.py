@@ -1,0 +1,121 @@
+"""Command line: check text or a JSONL file with the safety layer.
+
+    python -m safety "I lost my job. Which NYC bridges are taller than 25 meters?"
+    python -m safety --file conversations.jsonl          # one JSON result per line
+    python -m safety --screen "You have depression."     # check an assistant's output instead
+    python -m safety --respond --locale GB "I want to end it all"
+
+Exit status 0 whatever the verdict; 2 when the input cannot be read (the message names the file
+and line).
+"""
+
+import argparse
+import json
+import sys
+
+from .detect import detect
+from .errors import SafetyError
+from .respond import crisis_response, locales
+from .screen import screen_output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m safety",
+        description="Detect risk in a person's messages, or screen an assistant's output. "
+                    "Prints JSON: {level, categories, matches} for detection, "
+                    "{safe, reasons, matches, text} with --screen.")
+    parser.add_argument("text", nargs="?",
+                        help="the text to check (a single user message, or with --screen an "
+                             "assistant reply); leave out when using --file")
+    parser.add_argument("--file", metavar="F",
+                        help="JSONL file, one object per line: {\"messages\": [{\"role\", "
+                             "\"content\"}, ...]} for a conversation or {\"text\": ...}; prints "
+                             "one JSON result per line")
+    parser.add_argument("--screen", action="store_true",
+                        help="screen the text as assistant output (methods, doses, diagnoses); "
+                             "with --file, a conversation's last assistant message is screened "
+                             "against the turns before it")
+    parser.add_argument("--respond", action="store_true",
+                        help="print the crisis response for the text in --locale (always, so "
+                             "the wording can be previewed); with --file, add a \"response\" "
+                             "field that holds it for crisis lines and is null otherwise")
+    parser.add_argument("--locale", default="US",
+                        help=f"locale for crisis resources (default US; known: "
+                             f"{', '.join(locales())}; also UK, EU, en-GB style); an unknown "
+                             f"one falls back to INTL with a note")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.text is None) == (args.file is None):
+        parser.error("give either a text argument or --file F, not both or neither")
+    try:
+        if args.file is not None:
+            for record in _read_jsonl(args.file):
+                try:
+                    out = _check(record["conversation"], args)
+                except SafetyError as e:
+                    raise SafetyError(f"{args.file} line {record['line']}: {e}") from None
+                print(json.dumps(out, ensure_ascii=False))
+        elif args.screen:
+            print(json.dumps(screen_output(args.text, locale=args.locale).to_dict(),
+                             ensure_ascii=False))
+        elif args.respond:
+            print(crisis_response(detect(args.text), args.locale))
+        else:
+            print(json.dumps(detect(args.text).to_dict(), ensure_ascii=False))
+    except SafetyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check(conversation, args) -> dict:
+    """One line's result: detection (optionally with a response) or screening."""
+    if args.screen:
+        if isinstance(conversation, str):
+            return screen_output(conversation, locale=args.locale).to_dict()
+        last = max((i for i, m in enumerate(conversation) if m.get("role") == "assistant"),
+                   default=None)
+        if last is None:
+            raise SafetyError("--screen needs an assistant message in \"messages\" to screen.")
+        return screen_output(str(conversation[last].get("content") or ""),
+                             conversation=conversation[:last], locale=args.locale).to_dict()
+    result = detect(conversation)
+    out = result.to_dict()
+    if args.respond:
+        out["response"] = crisis_response(result, args.locale) if result.is_crisis else None
+    return out
+
+
+def _read_jsonl(path: str):
+    """Yields {"line": n, "conversation": str | list} per non-empty line; SafetyError if bad."""
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise SafetyError(f"cannot read --file {path}: {e.strerror}; pass an existing JSONL "
+                          f"file.") from None
+    with f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SafetyError(f"{path} line {n}: not valid JSON ({e.msg}); write one JSON "
+                                  f"object per line.") from None
+            if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and \
+                    all(isinstance(m, dict) for m in obj["messages"]):
+                yield {"line": n, "conversation": obj["messages"]}
+            elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
+                yield {"line": n, "conversation": obj["text"]}
+            else:
+                raise SafetyError(f"{path} line {n}: expected an object with \"messages\" (a "
+                                  f"list of {{role, content}}) or \"text\" (a string).")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

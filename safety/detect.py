@@ -1,0 +1,206 @@
+"""Risk detection over a whole conversation, explained by the phrases it matched.
+
+    conversation --user turns only--> each turn scanned with the lexicon (lexicon.py)
+                 --combine across turns--> level ("none" | "concern" | "crisis") + categories
+
+Combining is what catches risk that no single message shows. "I just lost my job" is sad, and
+"which bridges in NYC are taller than 25 meters?" is a tourist's question; together, in one
+message or three turns apart, they are method-seeking after a loss. The rules:
+
+    any crisis pattern                                  -> crisis
+    method-seeking + (a loss, or any distress)          -> crisis (suicidal_ideation)
+    a weapon + anger at someone ("make him pay")        -> crisis (harm_to_others)
+    a wish to be with someone + that person's death     -> crisis (suicidal_ideation)
+    preparation (giving things away, goodbye letters)
+        + other distress or a loss                      -> crisis (suicidal_ideation)
+    distress alone, or a negated crisis phrase          -> concern
+
+Assistant turns are not the person's risk and are not scanned here (screen.py checks them).
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from .errors import SafetyError
+from .lexicon import ALL_PATTERNS
+from .text import clause_before, is_negated, normalize
+from .words import FICTION, META
+
+LEVELS = ("none", "concern", "crisis")
+RISK_CATEGORIES = ("suicidal_ideation", "self_harm", "harm_to_others", "abuse",
+                   "medical_emergency")
+# How far past a match to look for words that say it was an accident or a joke ("... lol").
+_SUPPRESS_TAIL = 40
+
+
+@dataclass
+class Match:
+    category: str        # e.g. "suicidal_ideation"; "distress" for concern without a risk category
+    phrase: str          # the words matched, as written
+    message_index: int   # position in the conversation list (0 for a plain string)
+    pattern: str         # the lexicon pattern's name, e.g. "si.coded_kms"
+    level: str = "crisis"  # what this match alone says; "signal" when it only counts combined
+
+
+@dataclass
+class SafetyResult:
+    level: str = "none"
+    categories: list[str] = field(default_factory=list)
+    matches: list[Match] = field(default_factory=list)
+
+    @property
+    def is_crisis(self) -> bool:
+        return self.level == "crisis"
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "categories": list(self.categories),
+                "matches": [asdict(m) for m in self.matches]}
+
+
+# A classifier takes the user turns (oldest first) and returns None or (level, categories).
+# It can only RAISE the level the lexicon found, never lower it. The project ships no
+# classifier; the hook is here so that one can be added without changing callers.
+Classifier = Callable[[list[str]], "tuple[str, list[str]] | None"]
+
+
+def user_turns(conversation) -> list[tuple[int, str]]:
+    """(index, text) for each user message; a plain string is one user message at index 0."""
+    if isinstance(conversation, str):
+        return [(0, conversation)]
+    if not isinstance(conversation, (list, tuple)):
+        raise SafetyError(f"conversation must be a string or a list of {{'role', 'content'}} "
+                          f"messages, not {type(conversation).__name__}.")
+    turns = []
+    for i, message in enumerate(conversation):
+        if not isinstance(message, dict) or "role" not in message:
+            raise SafetyError(f"conversation message {i} must be a dict with 'role' and "
+                              f"'content' keys; got {message!r:.60}.")
+        if message["role"] == "user":
+            turns.append((i, _content_text(message.get("content"), i)))
+    return turns
+
+
+def _content_text(content, index: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI-style parts: [{"type": "text", "text": "..."}]
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    raise SafetyError(f"conversation message {index} has 'content' of type "
+                      f"{type(content).__name__}; use a string.")
+
+
+def scan_message(text: str, index: int) -> list[Match]:
+    """Every lexicon hit in one message, with negation, fiction and accident checks applied."""
+    norm = normalize(text)
+    in_fiction = FICTION.search(norm) is not None
+    found = []
+    for pattern in ALL_PATTERNS:
+        if pattern.skip_in_fiction and in_fiction:
+            continue
+        for m in pattern.regex.finditer(norm):
+            start, end = m.span()
+            around = clause_before(norm, start) + norm[start:end + _SUPPRESS_TAIL]
+            if pattern.suppress is not None and pattern.suppress.search(around):
+                continue
+            if pattern.meta_ok and META.search(norm[:start]):
+                continue
+            level, name = pattern.level, pattern.name
+            if pattern.negatable and is_negated(norm, start):
+                level, name = pattern.negated_level, name + ".negated"
+            elif pattern.calm is not None and pattern.calm.search(around):
+                level, name = "concern", name + ".past"
+            if level == "none":
+                continue
+            found.append(Match(pattern.category, text[start:end].strip(), index, name, level))
+    return found
+
+
+def detect(conversation, classifier: Classifier | None = None) -> SafetyResult:
+    """How much risk the person's messages show, and why.
+
+    conversation: a string, or a list of {"role", "content"} messages (only "user" turns count).
+    classifier: optional hook for a learned model; see `Classifier`. The lexicon result stands
+    unless the classifier reports a higher level.
+    """
+    turns = user_turns(conversation)
+    hits = [m for index, text in turns for m in scan_message(text, index)]
+    reported = _combine(hits)
+    if classifier is not None:
+        reported += _classifier_matches(classifier, turns, reported)
+    return _result(reported)
+
+
+def _combine(hits: list[Match]) -> list[Match]:
+    """Apply the cross-turn rules; returns the matches that explain the final level."""
+    crisis = [m for m in hits if m.level == "crisis"]
+    concern = [m for m in hits if m.level == "concern"]
+    method = [m for m in hits if m.category == "method_seeking"]
+    loss = [m for m in hits if m.category == "loss"]
+    deaths = [m for m in loss if m.pattern == "loss.death"]
+    reunion = [m for m in hits if m.category == "reunion"]
+    weapons = [m for m in method if m.pattern in ("ms.weapon", "ms.means")]
+    anger = [m for m in concern if m.category == "harm_to_others"]
+    preparation = [m for m in concern if m.pattern.startswith("prep.")]
+    distress = [m for m in concern if m not in preparation and m not in anger]
+
+    raised = []  # signals and concerns that became crisis in combination
+    if weapons and anger:  # "I'll make him pay" + "I've got my dad's gun"
+        raised += _as_crisis(anger + weapons, "harm_to_others")
+        concern = [m for m in concern if m not in anger]
+    if method and (loss or distress or preparation):  # a loss, then tall bridges
+        raised += _as_crisis(method, "suicidal_ideation") + loss
+    if reunion and deaths:  # "my son died" ... "I just want to be with him again"
+        raised += _as_crisis(reunion, "suicidal_ideation") + deaths
+    if preparation and (distress or loss):  # giving things away + "nothing matters"
+        raised += _as_crisis(preparation, "suicidal_ideation") + loss
+        concern = [m for m in concern if m not in preparation]
+    return _dedupe(crisis + raised + concern)
+
+
+def _as_crisis(matches: list[Match], category: str) -> list[Match]:
+    return [Match(category, m.phrase, m.message_index, m.pattern, "crisis") for m in matches]
+
+
+def _dedupe(matches: list[Match]) -> list[Match]:
+    """One match per phrase: repeats go, and so does a phrase inside a longer one at its level
+    ("killing myself" inside "thinking about killing myself")."""
+    seen, unique = set(), []
+    for m in matches:
+        key = (m.category, m.phrase.lower(), m.message_index, m.pattern)
+        if key not in seen:
+            seen.add(key)
+            unique.append(m)
+    kept = [m for m in unique if not any(
+        n is not m and n.message_index == m.message_index and n.level == m.level and
+        len(n.phrase) > len(m.phrase) and m.phrase.lower() in n.phrase.lower() for n in unique)]
+    return sorted(kept, key=lambda m: (m.message_index, -_rank(m.level)))
+
+
+def _rank(level: str) -> int:
+    return LEVELS.index(level) if level in LEVELS else -1
+
+
+def _result(matches: list[Match]) -> SafetyResult:
+    level = max((m.level for m in matches if m.level in LEVELS), key=_rank, default="none")
+    categories = []
+    for wanted in ("crisis", "concern"):  # risk categories first, then plain distress
+        for m in matches:
+            if m.level == wanted and m.category not in categories:
+                categories.append(m.category)
+    return SafetyResult(level, categories, matches)
+
+
+def _classifier_matches(classifier, turns, reported: list[Match]) -> list[Match]:
+    verdict = classifier([text for _, text in turns])
+    if verdict is None:
+        return []
+    level, categories = verdict
+    if level not in LEVELS:
+        raise SafetyError(f"the classifier returned level {level!r}; use one of {LEVELS}.")
+    current = max((_rank(m.level) for m in reported), default=0)
+    if _rank(level) <= current:
+        return []
+    last = turns[-1][0] if turns else 0
+    return [Match(c, "", last, "classifier", level) for c in (categories or ["distress"])]

@@ -1,0 +1,83 @@
+"""What the lexicon is built from: the Pattern record, shared word lists and context checks.
+
+A Pattern is one named risk idea as a regular expression over normalised text (lower case, plain
+quotes; see text.py). The word lists are regex alternations reused by several patterns, and the
+context checks tell detect.py when a match is not about the speaker (a story, a game, a joke, an
+accident, something long past).
+"""
+
+import re
+from dataclasses import dataclass
+
+# --- shared word lists (regex alternations) ------------------------------------------------
+
+# People at home or close by: targets of harm, or the person who hurts.
+RELATION = (r"(?:husband|wife|partner|boyfriend|girlfriend|bf|gf|fianc[eé]e?|ex|dad|father|"
+            r"stepdad|stepfather|mom|mum|mother|stepmom|stepmum|stepmother|parents?|brother|"
+            r"sister|uncle|aunt|grandfather|grandpa|grandmother|grandma|cousin|son|daughter|"
+            r"kids?|child|children|baby|family|carer|caregiver|guardian|roommate|flatmate)")
+OTHERS = (r"(?:him|her|them|you|someone|somebody|everyone|everybody|people|anyone|"
+          r"my (?:\w+ )?(?:" + RELATION[3:-1] + r"|boss|teacher|neighbou?r|coworker|colleague|"
+          r"classmates?|friend)|the (?:\w+ )?(?:baby|kids?|teacher|neighbou?rs?|boss|guy|man|"
+          r"woman|bully|bullies|people|class|school))")
+# Tall structures and places people are drawn to; harmless words on their own.
+STRUCTURE = (r"(?:bridges?|buildings?|roofs?|rooftops?|towers?|cliffs?|parking (?:garages?|"
+             r"structures?|decks?)|overpass(?:es)?|balcon(?:y|ies)|skyscrapers?|dams?|viaducts?|"
+             r"ledges?)")
+# Medicines and poisons that come up in overdose talk (kept short; the screen has the long list).
+SUBSTANCE = (r"(?:pills|tablets|capsules|meds|medication|medicine|painkillers|sleeping pills|"
+             r"paracetamol|tylenol|acetaminophen|ibuprofen|advil|aspirin|xanax|benadryl|"
+             r"insulin|antidepressants|sertraline|melatonin|opioids|oxy(?:codone|contin)?|"
+             r"fentanyl|heroin|alcohol|vodka)")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    name: str                 # reported with every match, e.g. "si.kill_myself"
+    category: str             # suicidal_ideation, self_harm, ..., distress, method_seeking, loss
+    level: str                # crisis | concern | signal
+    regex: re.Pattern
+    negatable: bool = False   # "I would never ..." lowers the level to negated_level
+    negated_level: str = "concern"
+    skip_in_fiction: bool = False          # not about the speaker when talking about a story/game
+    suppress: re.Pattern | None = None     # the words around it show it is harmless (an accident)
+    meta_ok: bool = False     # a question about the word itself ("what does kms mean") is no risk
+    calm: re.Pattern | None = None         # the words around it show it is past: level -> concern
+
+
+def make(name, category, level, regex, **options) -> Pattern:
+    """A Pattern with its regex (and suppress/calm, when given as text) compiled."""
+    for key in ("suppress", "calm"):
+        if isinstance(options.get(key), str):
+            options[key] = re.compile(options[key])
+    return Pattern(name, category, level, re.compile(regex), **options)
+
+
+# Phrases that show the message is about a story, a game or history, not the speaker's life.
+# Kept specific: "my story" or "a history of depression" are often the speaker's own life.
+FICTION = re.compile(
+    r"\b(?:(?:in|from|for|of) (?:the|my|a|an|this|that|our|his|her) (?:\w+ )?(?:novel|story|book|"
+    r"game|movie|film|show|series|episode|chapter|play|poem|script|screenplay|fanfic|comic|"
+    r"manga|anime|podcast|documentary)|my (?:character|novel|screenplay|script|fanfic)|the "
+    r"(?:main )?(?:character|characters|villain|hero|protagonist|antagonist|narrator|npc)|"
+    r"i'?m (?:writing|reading|watching|playing)|(?:writing|reading|watching) (?:a|an|the|my) "
+    r"(?:\w+ )?(?:novel|story|book|movie|film|show|series|script|screenplay|thriller|play|poem)|"
+    r"boss fight|in-game|d&d|dnd|rpg|fortnite|minecraft|call of duty|elden ring|zelda|"
+    r"mario(?: kart)?|pokemon|skyrim|among us|world war|wwii|ww2|medieval|ancient|historical|"
+    r"in history|century|shakespeare|macbeth|hamlet|romeo and juliet|breaking bad|true crime|"
+    r"chess|tournament|opponent)\b")
+# Talking about a word rather than using it: "why do people say 'kms'", "what does unalive mean".
+META = re.compile(r"\b(?:what does|what do|what is|what's|why do people|people say|say|saying|"
+                  r"the word|the term|stands? for|meaning of|definition of)\W*$")
+# Jokes and obvious hyperbole, used only to calm threats against others ("I'll kill him lol").
+JOKING = r"\b(?:lol|lmao|lmfao|haha\w*|jk|just kidding|kidding|joking)\b|[\U0001F602\U0001F923]"
+ACCIDENT = (r"\b(?:accident\w*|by mistake|shaving|chopping|cooking|slicing|gardening|baking|"
+            r"ironing|at the gym|working out|lifting|playing|training|skiing|football|soccer|"
+            r"rugby|sunburn\w*|on (?:a|the) (?:door|table|corner|nail|glass|stove|oven|pan|"
+            r"fence|kettle))\b")
+# Harm that lies in the past (abuse, old self-harm): worth a careful answer, not an emergency.
+PAST = (r"\b(?:as a (?:child|kid|teen|teenager|little \w+)|when i was (?:a |little|younger|"
+        r"small|\d+|in)|years ago|growing up|in the past|back then|used to|i was in (?:an?|that)|"
+        r"i'?m out now|i got out|i escaped|i left (?:him|her|them))\b")
+# Pill-type substances for "I took too many"; alcohol is left out (everyday drinking talk).
+PILLS = SUBSTANCE.replace("|alcohol|vodka", "")

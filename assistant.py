@@ -94,7 +94,7 @@ class Assistant:
 
     def _screen(self, messages, shown: str, held: str) -> str | None:
         """The held text if the answer so far stays safe with it, else None (and remember why)."""
-        check = safety.screen_output(shown + held, conversation=messages)
+        check = safety.screen_output(shown + held, conversation=messages, locale=self.locale)
         if check.safe:
             return held
         self.last.screened = True

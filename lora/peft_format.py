@@ -1,0 +1,127 @@
+"""Adapters on disk in PEFT's format, so they move between this project and HF peft.
+
+    adapter_config.json          {"peft_type": "LORA", "r": 16, "lora_alpha": 16, ...}
+    adapter_model.safetensors    base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight  (r, in)
+                                 base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight  (out, r)
+
+Our module names are HF's without the leading "model." (see model/llama.py), so the mapping is
+one prefix: "layers.0..." <-> "base_model.model.model.layers.0...".
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lora.inject import LoRAConfig, inject, lora_modules
+from model.errors import UserError
+
+PEFT_PREFIX = "base_model.model."
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def _peft_key(module_name: str, which: str) -> str:
+    hf_name = module_name if module_name == "lm_head" else f"model.{module_name}"
+    return f"{PEFT_PREFIX}{hf_name}.{which}.weight"
+
+
+def save_adapter(model, folder: str | os.PathLike, base_model: str | None = None):
+    """Writes adapter_config.json + adapter_model.safetensors (atomically, file by file)."""
+    cfg: LoRAConfig = model.lora_config
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, m in lora_modules(model).items():
+        tensors[_peft_key(name, "lora_A")] = m.lora_A.detach().float().cpu().contiguous()
+        tensors[_peft_key(name, "lora_B")] = m.lora_B.detach().float().cpu().contiguous()
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+        "use_rslora": cfg.use_rslora, "target_modules": sorted(cfg.targets),
+        "bias": "none", "fan_in_fan_out": False, "modules_to_save": None,
+        "init_lora_weights": True, "inference_mode": True, "use_dora": False,
+        "layers_to_transform": None, "rank_pattern": {}, "alpha_pattern": {},
+    }
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / WEIGHTS_NAME)
+    tmp = folder / (CONFIG_NAME + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, folder / CONFIG_NAME)
+
+
+def read_adapter_config(folder: str | os.PathLike) -> LoRAConfig:
+    folder = Path(folder)
+    path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such adapter folder")
+    if not path.is_file():
+        raise UserError(f"{folder}: no {CONFIG_NAME} here; is this a LoRA adapter or run folder?")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if raw.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"{path}: peft_type '{raw.get('peft_type')}' is not supported; only LORA is")
+    for key, ok in (("use_dora", False), ("bias", "none")):
+        if raw.get(key, ok) != ok:
+            raise UserError(f"{path}: '{key}': {raw[key]!r} is not supported")
+    for key in ("rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"):
+        if raw.get(key):
+            raise UserError(f"{path}: '{key}' is not supported; adapters with one r/alpha for "
+                            "every target are")
+    targets = raw.get("target_modules") or []
+    if isinstance(targets, str):
+        raise UserError(f"{path}: target_modules as a regex ('{targets}') is not supported; list the names")
+    try:
+        return LoRAConfig(r=int(raw["r"]), alpha=float(raw["lora_alpha"]),
+                          dropout=float(raw.get("lora_dropout", 0.0)),
+                          use_rslora=bool(raw.get("use_rslora", False)),
+                          targets=tuple(t.rsplit(".", 1)[-1] for t in targets))
+    except KeyError as e:
+        raise UserError(f"{path}: required key {e} is missing") from None
+
+
+def load_adapter(model, folder: str | os.PathLike):
+    """Injects LoRA as the adapter's config says and fills it with the adapter's weights.
+    A wrong base (other shapes or layers) or a wrong r is refused with the tensor's name."""
+    folder = Path(folder)
+    cfg = read_adapter_config(folder)
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        raise UserError(f"{folder}: no {WEIGHTS_NAME} here")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: cannot read adapter weights ({e})") from None
+    inject(model, cfg)
+    expected = {}
+    for name, m in lora_modules(model).items():
+        expected[_peft_key(name, "lora_A")] = m.lora_A
+        expected[_peft_key(name, "lora_B")] = m.lora_B
+    # PEFT sometimes stores keys with the adapter name in them ("lora_A.default.weight").
+    tensors = {k.replace(".default.weight", ".weight"): v for k, v in tensors.items()}
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise UserError(f"{path}: tensor '{unknown[0]}' has no place in this model; the adapter "
+                        "was trained on a different base model")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise UserError(f"{path}: tensor '{missing[0]}' is missing; the adapter does not match "
+                        "this base model")
+    with torch.no_grad():
+        for key, param in expected.items():
+            got = tensors[key]
+            if got.shape != param.shape:
+                hint = "r in adapter_config.json does not match the weights" \
+                    if got.shape[0 if "lora_A" in key else 1] != cfg.r else "a different base model"
+                raise UserError(f"{path}: tensor '{key}' has shape {tuple(got.shape)}, this model "
+                                f"needs {tuple(param.shape)} ({hint})")
+            param.copy_(got.to(param.dtype))
+    model.requires_grad_(False)
+    return cfg

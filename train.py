@@ -1,0 +1,427 @@
+"""Fine-tune a Llama-3-family model with LoRA (QLoRA with --quantize nf4), top to bottom.
+
+    python train.py                                   # preset cpu-smollm2: embedded model, bundled data, CPU
+    python train.py --config llama3-8b-t4             # the seed project's recipe on a 16 GB T4
+    python train.py --data my.jsonl --max-steps 50    # flags win over the preset
+    python train.py --out runs/x --resume             # continue a stopped run exactly
+    python train.py --arch lstm                       # a char-LSTM baseline on the same data
+
+The run folder (--out) gets the adapter in PEFT format (adapter_config.json and
+adapter_model.safetensors), train_config.json, metrics.jsonl, loss.png and checkpoint.pt.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.errors import UserError
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    arch: str = "llama"               # llama (LoRA on an LLM) | rnn | lstm (char baselines)
+    model: str | None = None          # folder or hub id; None = embedded SmolLM2-135M-Instruct
+    data: str | None = "sample"       # bundled rows, a .json/.jsonl/.csv file, or samhog/psychology-10k
+    eval_data: str | None = None      # evaluation rows (default: what --data ships, else a split)
+    eval_fraction: float = 0.005      # held-out share when the data has no evaluation file
+    template: str = "chat"            # chat (the model's chat format) | alpaca (the seed's prompt)
+    max_len: int = 512
+    out: str = "runs/cpu-smollm2"
+    # LoRA
+    lora_r: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    rslora: bool = False
+    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    # optimisation
+    max_steps: int = 60
+    batch_size: int = 4               # micro-batch
+    grad_accum: int = 1               # micro-batches per optimizer step
+    lr: float = 2e-4
+    lr_schedule: str = "linear"       # linear | cosine | constant (after warmup)
+    warmup_steps: int = 5
+    weight_decay: float = 0.01
+    optim: str = "adamw"              # adamw | adamw8bit (bitsandbytes)
+    grad_clip: float = 1.0
+    group_by_length: bool = False
+    # precision and memory
+    quantize: str | None = None       # None | nf4
+    dtype: str = "float32"            # the base weights' and activations' dtype
+    grad_checkpointing: bool = False
+    device: str = "auto"
+    # bookkeeping
+    seed: int = 3407
+    eval_every: int = 20
+    save_every: int = 20
+    log_every: int = 1
+    merge: bool = False               # also write the merged full model to OUT/merged
+    # char baselines (--arch rnn|lstm)
+    char_steps: int = 1500
+    char_hidden: int = 256
+
+
+HELP = {
+    "arch": "llama fine-tunes an LLM with LoRA; rnn / lstm train the char-level baselines",
+    "model": "model folder or hub repo id (default: the embedded SmolLM2-135M-Instruct)",
+    "data": "training rows: 'sample' (bundled), a .json/.jsonl/.csv file or folder, or a hub dataset id",
+    "eval_data": "evaluation rows (default: the data's own eval file, else a held-out split)",
+    "eval_fraction": "share of rows held out for evaluation when the data has no eval file",
+    "template": "prompt format: chat (the model's chat template) or alpaca (the seed's prompt)",
+    "max_len": "longest example in tokens; longer rows are truncated and counted",
+    "out": "run folder for the adapter, metrics, plot and checkpoints",
+    "lora_r": "LoRA rank r", "lora_alpha": "LoRA alpha (the update is scaled by alpha / r)",
+    "lora_dropout": "dropout on the LoRA input (0 skips it)", "rslora": "scale by alpha / sqrt(r)",
+    "targets": "comma-separated module names that get LoRA (short names q,k,v,o,gate,up,down work)",
+    "max_steps": "optimizer steps", "batch_size": "examples per micro-batch",
+    "grad_accum": "micro-batches accumulated per optimizer step",
+    "lr": "peak learning rate", "lr_schedule": "after warmup: linear, cosine or constant",
+    "warmup_steps": "steps of linear warmup from 0", "weight_decay": "AdamW weight decay",
+    "optim": "adamw (torch) or adamw8bit (bitsandbytes, as the seed project used)",
+    "grad_clip": "clip the gradient norm to this (0 = off)",
+    "group_by_length": "batch examples of similar length together (less padding)",
+    "quantize": "nf4 stores the base linears in 4 bits (QLoRA)",
+    "dtype": "base weights and compute: float32, bfloat16, float16 (with a GradScaler) or auto (bf16 on GPUs that have it, else fp16; fp32 on CPU)",
+    "grad_checkpointing": "recompute block activations in backward to save memory",
+    "device": "auto, cpu or cuda", "seed": "random seed for LoRA init, data order and dropout",
+    "eval_every": "evaluate every N steps (0 = only at the end)",
+    "save_every": "checkpoint every N steps (0 = only at the end)",
+    "log_every": "write a metrics line every N steps", "merge": "also write the merged full model",
+    "char_steps": "training steps of the char baselines", "char_hidden": "hidden size of the char baselines",
+}
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, bool]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help="a preset name (cpu-smollm2, llama3-8b-t4) or a JSON file; flags given "
+                        "here win (default: cpu-smollm2)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
+        else:
+            kind = f.type if f.type in (int, float) else str
+            p.add_argument(flag, type=kind, default=None, help=f"{HELP[f.name]} (default: {f.default})")
+    args = p.parse_args(argv)
+
+    values = dataclasses.asdict(TrainConfig())
+    preset = load_preset(args.config or "cpu-smollm2")
+    unknown = set(preset) - set(values)
+    if unknown:
+        raise UserError(f"--config {args.config}: unknown key '{sorted(unknown)[0]}'")
+    values.update(preset)
+    values.update({k: v for k, v in vars(args).items() if k in values and v is not None})
+    for key in ("model", "quantize", "eval_data"):
+        if values[key] in ("", "none", "None"):
+            values[key] = None
+    return TrainConfig(**values), args.resume
+
+
+def load_preset(name: str) -> dict:
+    path = Path(name) if name.endswith(".json") else PRESET_DIR / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.json")))
+        raise UserError(f"--config {name}: no such preset or file (presets: {known})")
+    try:
+        return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    except json.JSONDecodeError as e:
+        raise UserError(f"--config {path}: not valid JSON ({e})") from None
+
+
+def main(argv=None):
+    cfg, resume = parse_args(argv)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # -------------------------------------------------------------------- data
+    from data import load_train_eval
+    train_rows, eval_rows, load_stats = load_train_eval(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed)
+    print(f"data: {len(train_rows)} training rows, {len(eval_rows)} evaluation rows ({load_stats.summary()})")
+
+    if cfg.arch in ("rnn", "lstm"):
+        return train_char_baseline(cfg, train_rows, eval_rows, out)
+    if cfg.arch != "llama":
+        raise UserError(f"--arch {cfg.arch}: choose llama, rnn or lstm")
+    train_llm(cfg, train_rows, eval_rows, out, resume)
+
+
+def train_char_baseline(cfg, train_rows, eval_rows, out):
+    from model.rnn import CharConfig, row_text, train_char_model, unigram_bits_per_char
+    train_texts = [row_text(r.input, r.output) for r in train_rows]
+    eval_texts = [row_text(r.input, r.output) for r in eval_rows]
+    char_cfg = CharConfig(arch=cfg.arch, hidden=cfg.char_hidden, steps=cfg.char_steps, seed=cfg.seed)
+    result = train_char_model(train_texts, eval_texts, char_cfg, out)
+    unigram = unigram_bits_per_char("".join(train_texts), "".join(eval_texts))
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    print(f"{cfg.arch}: validation {result['val_bpc']:.3f} bits/char (unigram baseline {unigram:.3f})")
+
+
+def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
+    from data import Batcher, build_examples, eval_batches, pad_id_for
+    from lora import LoRAConfig, inject, save_adapter, save_merged
+    from model import load_model, load_tokenizer
+    from model.loss import count_targets, target_nll
+    from model.weights import DEFAULT_MODEL_ID, parse_dtype, resolve_model_dir
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if cfg.device == "auto" else cfg.device)
+    if cfg.dtype == "auto":  # bf16 where the GPU has it, fp16 on older GPUs (T4), fp32 on CPU
+        cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") \
+            if device.type == "cuda" else "float32"
+    dtype = parse_dtype(cfg.dtype)
+    checkpoint_path = out / "checkpoint.pt"
+    if resume and not checkpoint_path.is_file():
+        raise UserError(f"--resume: no checkpoint at {checkpoint_path}")
+    if not resume and checkpoint_path.is_file():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    # -------------------------------------------------------------------- model + LoRA
+    folder = resolve_model_dir(cfg.model)
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder, dtype=dtype, device=device, quantize=cfg.quantize)
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices: the same init on every run with this seed
+    counts = inject(model, LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.rslora, cfg.targets))
+    print(f"model: {folder} ({'nf4' if cfg.quantize else cfg.dtype}) on {device}; {counts}")
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    train_ex, fstats = build_examples(train_rows, tokenizer, cfg.template, cfg.max_len)
+    eval_ex, _ = build_examples(eval_rows, tokenizer, cfg.template, cfg.max_len, progress=False)
+    print(f"examples: {fstats.summary()}")
+    pad_id = pad_id_for(tokenizer)
+    batcher = Batcher(train_ex, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=cfg.group_by_length)
+
+    # -------------------------------------------------------------------- optimizer + schedule
+    if cfg.optim == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("--optim adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
+        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optim == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise UserError(f"--optim {cfg.optim}: choose adamw or adamw8bit")
+
+    def lr_factor(step):  # step counts optimizer steps from 0
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1 - progress)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+    if cfg.lr_schedule not in ("linear", "cosine", "constant"):
+        raise UserError(f"--lr-schedule {cfg.lr_schedule}: choose linear, cosine or constant")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+    # Mixed precision on GPU: compute in the base dtype; float16 needs loss scaling (T4 has no bf16).
+    use_amp = device.type == "cuda" and dtype != torch.float32
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+
+    def loss_sum(batch):
+        x, y = batch["input_ids"].to(device), batch["labels"].to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+            return target_nll(model, x, y)
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        total, n = 0.0, 0
+        for batch in eval_batches(eval_ex, cfg.batch_size, pad_id):
+            nll, k = loss_sum(batch)
+            total, n = total + float(nll), n + k
+        model.train()
+        return total / max(n, 1)
+
+    # -------------------------------------------------------------------- resume
+    metrics_path = out / "metrics.jsonl"
+    step, history = 0, []
+    if resume:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state["config"] != _resumable(cfg):
+            diff = [k for k in state["config"] if state["config"][k] != _resumable(cfg).get(k)]
+            raise UserError(f"--resume: this run was started with different settings ({', '.join(diff)}); "
+                            "use the same flags or a new --out")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(state["lora"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        batcher.load_state_dict(state["data"])
+        _set_rng(state["rng"])
+        step, history = state["step"], state["history"]
+        print(f"resumed at step {step} from {checkpoint_path}")
+    _write_metrics(metrics_path, history)  # rewritten up to the resumed step: no duplicate lines
+
+    base_name = cfg.model or DEFAULT_MODEL_ID
+
+    def save_checkpoint(at_step, data_state, rng_state):
+        state = {"step": at_step, "config": _resumable(cfg), "history": history,
+                 "lora": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "data": data_state, "rng": rng_state}
+        tmp = checkpoint_path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoint_path)  # atomic: a crash mid-write leaves the old checkpoint
+        save_adapter(model, out, base_model=base_name)
+
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    # -------------------------------------------------------------------- the loop
+    from tqdm import tqdm
+    model.train()
+    if step == 0 and cfg.eval_every > 0:
+        history.append({"step": 0, "eval_loss": evaluate()})
+        _write_metrics(metrics_path, history[-1:], append=True)
+        print(f"step 0: eval loss {history[-1]['eval_loss']:.4f}")
+
+    # Ctrl-C finishes the step in flight, saves a checkpoint, then exits.
+    interrupted = []
+
+    def on_sigint(*_):
+        if not interrupted:
+            tqdm.write("stopping after this step (Ctrl-C again to abort without saving)")
+            interrupted.append(True)
+        else:
+            raise SystemExit(130)
+    previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True)
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            micro = [next(batcher) for _ in range(cfg.grad_accum)]
+            n_targets = sum(count_targets(b["labels"]) for b in micro)  # over the whole step
+            step_nll, n_tokens = 0.0, 0
+            for batch in micro:
+                nll, _ = loss_sum(batch)
+                # Sum over tokens / tokens in the whole accumulated batch: every target token
+                # weighs the same, however the step was split into micro-batches.
+                scaler.scale(nll / n_targets).backward()
+                step_nll += nll.item()
+                n_tokens += batch["input_ids"].numel()
+            loss = step_nll / n_targets
+            if not math.isfinite(loss):
+                raise UserError(f"step {step + 1}: the loss is {loss}; stopping. The last good "
+                                f"checkpoint is {checkpoint_path} (try a lower --lr)")
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+
+            seconds = time.perf_counter() - t0
+            record = {"step": step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(float(grad_norm), 4),
+                      "tokens_per_s": round(n_tokens / seconds, 1), "epoch": round(batcher.epochs_done, 3)}
+            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                record["eval_loss"] = round(evaluate(), 5)
+            history.append(record)
+            if step % cfg.log_every == 0 or "eval_loss" in record:
+                _write_metrics(metrics_path, [record], append=True)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+            if "eval_loss" in record:
+                bar.write(f"step {step}: eval loss {record['eval_loss']:.4f}")
+            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
+                save_checkpoint(step, batcher.state_dict(), _get_rng())
+            if interrupted:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:  # raised above, once the step in flight has finished
+        bar.close()
+        save_checkpoint(step, batcher.state_dict(), _get_rng())
+        print(f"\ninterrupted: saved step {step} to {checkpoint_path}; continue with --out {out} --resume",
+              file=sys.stderr)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    bar.close()
+
+    # -------------------------------------------------------------------- outputs
+    plot_losses(history, out / "loss.png")
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    if evals:
+        print(f"eval loss: {evals[0]:.4f} -> {evals[-1]:.4f}")
+    print(f"adapter: {out}/adapter_model.safetensors (chat with: python generate.py --adapter {out})")
+    if cfg.merge:
+        save_merged(model, out / "merged", source_dir=folder, dtype=dtype)
+        print(f"merged model: {out / 'merged'}")
+
+
+def _resumable(cfg: TrainConfig) -> dict:
+    """Settings that must not change across --resume (max_steps, eval/save cadence may)."""
+    free = {"max_steps", "eval_every", "save_every", "log_every", "merge", "device", "out"}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
+
+
+def _get_rng() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_metrics(path: Path, records: list[dict], append: bool = False):
+    with open(path, "a" if append else "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def plot_losses(history: list[dict], path: Path):
+    """Training and evaluation loss against steps (like the seed report's Figure 3.1)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; skipping loss.png (metrics.jsonl has the numbers)")
+        return
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="training loss", alpha=0.8)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="evaluation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

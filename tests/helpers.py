@@ -29,3 +29,20 @@ def save_hf_checkpoint(hf_config, folder: Path, seed: int = 0, max_shard_size=No
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
+
+
+def tiny_model_with_smollm2_tokenizer(folder: Path, smollm2_dir: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama with SmolLM2's vocabulary and tokenizer files: trains in seconds."""
+    import shutil
+    cfg = tiny_hf_config(vocab_size=49152, hidden_size=32, intermediate_size=64,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    save_hf_checkpoint(cfg, folder, seed=seed)
+    for name in TOKENIZER_FILES:
+        if (Path(smollm2_dir) / name).is_file():
+            shutil.copy(Path(smollm2_dir) / name, Path(folder) / name)
+    return Path(folder)

@@ -1,0 +1,262 @@
+"""train.py: token-weighted accumulation, exact resume, interruption, NaN stop, presets, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from lora import LoRAConfig, inject
+from model import UserError, load_model
+from model.loss import target_nll
+from tests.helpers import tiny_model_with_smollm2_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2_dir):
+    return tiny_model_with_smollm2_tokenizer(tmp_path_factory.mktemp("tiny"), smollm2_dir)
+
+
+@pytest.fixture(scope="module")
+def rows_file(tmp_path_factory):
+    """24 short rows in the training schema, with a held-out file beside them."""
+    folder = tmp_path_factory.mktemp("rows")
+    rows = [{"instruction": "Be kind.", "input": f"Message number {i}: I feel tense about item {i}.",
+             "output": f"Thanks for telling me about {i}. Try a slow breath and a short walk."}
+            for i in range(24)]
+    with open(folder / "train.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows[:20])
+    with open(folder / "eval.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows[20:])
+    return folder
+
+
+def _args(tiny_dir, rows_file, out, *extra):
+    return ["--model", str(tiny_dir), "--data", str(rows_file / "train.jsonl"),
+            "--eval-data", str(rows_file / "eval.jsonl"), "--out", str(out), "--max-len", "64",
+            "--batch-size", "2", "--lr", "1e-2", "--eval-every", "2", "--save-every", "2",
+            "--warmup-steps", "1", *extra]
+
+
+def _losses(out):
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("loss"), r.get("eval_loss")) for r in lines]
+
+
+def test_accumulated_gradient_equals_one_big_batch(tiny_dir):
+    """4 micro-batches of 2, each loss summed and divided by the targets of all 8, give the
+    gradient of one batch of 8 (rows of different lengths, so per-micro-batch means would not)."""
+    from data import build_examples, pad_batch
+    from data.rows import Row
+    from model import load_tokenizer
+    tok = load_tokenizer(tiny_dir)
+    rows = [Row("Be kind.", f"Message {i}" + " really" * i, "Okay." + " Breathe." * (i % 3 + 1)) for i in range(8)]
+    examples, _ = build_examples(rows, tok, "chat", 128, progress=False)
+
+    def grads(micro_size):
+        torch.manual_seed(0)
+        model = load_model(tiny_dir)
+        inject(model, LoRAConfig(r=4, alpha=8))
+        with torch.no_grad():  # a non-zero B so every LoRA matrix gets a gradient
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+        micro = [pad_batch(examples[i:i + micro_size], tok.eos_id) for i in range(0, 8, micro_size)]
+        n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        for b in micro:
+            nll, _ = target_nll(model, b["input_ids"], b["labels"])
+            (nll / n_targets).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    accumulated, big = grads(2), grads(8)
+    for name in big:
+        assert torch.allclose(accumulated[name], big[name], atol=1e-5, rtol=0), name
+
+
+def test_target_nll_equals_transformers_loss_times_target_count(tiny_dir):
+    from transformers import LlamaForCausalLM
+    hf = LlamaForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    ours = load_model(tiny_dir)
+    ids = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[1, 9:] = -100
+    with torch.no_grad():
+        nll, n = target_nll(ours, ids, labels)
+        ref = hf(ids, labels=labels).loss
+    assert n == 7 + 4  # row 0: positions 5..11; row 1: positions 5..8
+    assert abs(nll.item() / n - ref.item()) < 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
+    ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(1))
+    result = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = load_model(tiny_dir)
+        inject(model, LoRAConfig(r=4, alpha=8))
+        model.gradient_checkpointing = ckpt
+        model.train()
+        nll, _ = target_nll(model, ids, ids)
+        nll.backward()
+        result.append(model.layers[0].self_attn.q_proj.lora_B.grad.clone())
+    assert torch.allclose(result[0], result[1], atol=1e-6)
+
+
+def test_training_lowers_eval_loss_and_writes_the_run_folder(tiny_dir, rows_file, tmp_path):
+    out = tmp_path / "run"
+    train.main(_args(tiny_dir, rows_file, out, "--max-steps", "6"))
+    losses = _losses(out)
+    evals = [e for _, _, e in losses if e is not None]
+    assert evals[-1] < evals[0]
+    for name in ("adapter_config.json", "adapter_model.safetensors", "train_config.json",
+                 "metrics.jsonl", "checkpoint.pt", "loss.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "train_config.json").read_text())["max_steps"] == 6
+    # The adapter loads back onto the base and changes its outputs.
+    tuned, base = load_model(tiny_dir, adapter=out), load_model(tiny_dir)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert not torch.allclose(tuned(ids), base(ids))
+
+
+def test_resumed_run_gives_the_same_loss_curve_as_an_uninterrupted_one(tiny_dir, rows_file, tmp_path, monkeypatch):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    extra = ["--max-steps", "6", "--lora-dropout", "0.1", "--group-by-length"]  # dropout: RNG must resume too
+    train.main(_args(tiny_dir, rows_file, whole, *extra))
+
+    # The split run gets a real SIGINT right after step 3 is logged (an odd step, between
+    # checkpoints): it must finish that step, save, and exit 130.
+    real_write = train._write_metrics
+
+    def write_then_interrupt(path, records, append=False):
+        real_write(path, records, append)
+        if any(r.get("step") == 3 for r in records):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train, "_write_metrics", write_then_interrupt)
+    with pytest.raises(SystemExit) as stop:
+        train.main(_args(tiny_dir, rows_file, split, *extra))
+    assert stop.value.code == 130
+    monkeypatch.setattr(train, "_write_metrics", real_write)
+    train.main(_args(tiny_dir, rows_file, split, *extra) + ["--resume"])
+    assert _losses(split) == _losses(whole)
+
+
+def test_resume_refuses_changed_settings(tiny_dir, rows_file, tmp_path):
+    out = tmp_path / "run"
+    train.main(_args(tiny_dir, rows_file, out, "--max-steps", "2"))
+    with pytest.raises(UserError, match="lora_r"):
+        train.main(_args(tiny_dir, rows_file, out, "--max-steps", "4", "--lora-r", "8") + ["--resume"])
+
+
+def test_starting_over_an_existing_run_needs_resume(tiny_dir, rows_file, tmp_path):
+    out = tmp_path / "run"
+    train.main(_args(tiny_dir, rows_file, out, "--max-steps", "2"))
+    with pytest.raises(UserError, match="--resume"):
+        train.main(_args(tiny_dir, rows_file, out, "--max-steps", "2"))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_dir, rows_file, tmp_path, monkeypatch):
+    import model.loss
+    real = model.loss.target_nll
+    calls = {"n": 0}
+
+    def poisoned(m, x, y):
+        nll, n = real(m, x, y)
+        calls["n"] += m.training  # training steps only; evaluation runs in eval mode
+        return (nll * float("nan") if m.training and calls["n"] == 3 else nll), n
+
+    monkeypatch.setattr(model.loss, "target_nll", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="loss is nan.*checkpoint"):
+        train.main(_args(tiny_dir, rows_file, out, "--max-steps", "6"))
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2  # the last good checkpoint (save-every 2), not the poisoned step
+
+
+def test_checkpoint_write_is_atomic(tiny_dir, rows_file, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train.main(_args(tiny_dir, rows_file, out, "--max-steps", "2"))
+    real_save = torch.save
+
+    def crash(obj, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        train.main(_args(tiny_dir, rows_file, out, "--max-steps", "4") + ["--resume"])
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_dir, rows_file, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *_args(tiny_dir, rows_file, out, "--max-steps", "400",
+                                              "--save-every", "1000", "--eval-every", "0")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 1 <= step < 400
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == step
+
+
+def test_presets_hold_the_seed_recipe():
+    cfg, _ = train.parse_args(["--config", "llama3-8b-t4"])
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (16, 16, 0.0)
+    assert cfg.targets.split(",") == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert (cfg.lr, cfg.lr_schedule, cfg.warmup_steps) == (2e-4, "linear", 5)
+    assert (cfg.batch_size, cfg.grad_accum, cfg.max_steps) == (2, 4, 300)
+    assert (cfg.optim, cfg.weight_decay, cfg.seed, cfg.max_len) == ("adamw8bit", 0.01, 3407, 2048)
+    assert cfg.grad_checkpointing and cfg.quantize == "nf4" and cfg.template == "alpaca"
+
+
+def test_explicit_flags_win_over_the_preset():
+    cfg, _ = train.parse_args(["--config", "llama3-8b-t4", "--lora-r", "32", "--max-steps", "900"])
+    assert (cfg.lora_r, cfg.max_steps, cfg.lora_alpha) == (32, 900, 16)
+
+
+def test_default_preset_is_cpu_smollm2():
+    cfg, _ = train.parse_args([])
+    assert cfg.model is None and cfg.data == "sample" and cfg.quantize is None
+
+
+def test_unknown_preset_is_named():
+    with pytest.raises(UserError, match="no-such-preset"):
+        train.parse_args(["--config", "no-such-preset"])
+
+
+def test_help_explains_every_flag():
+    run = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0
+    for flag in ("--model", "--data", "--out", "--max-steps", "--batch-size", "--grad-accum", "--lr",
+                 "--lora-r", "--lora-alpha", "--eval-every", "--save-every", "--resume", "--quantize",
+                 "--seed", "--config", "--merge", "--arch"):
+        assert flag in run.stdout
+
+
+def test_bad_data_file_is_a_one_line_error(tiny_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "input": "b", "output": "c"}\nnot json\n')
+    run = subprocess.run([sys.executable, "train.py", "--model", str(tiny_dir), "--data", str(bad),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()
+    assert len(last) == 1 and "bad.jsonl" in last[0] and "2" in last[0]

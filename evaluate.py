@@ -1,0 +1,281 @@
+"""Compare variants on held-out rows: the base model, LoRA runs, and char-RNN/LSTM baselines.
+
+    python evaluate.py --variants base,runs/r16,runs/lstm --out eval/       # bundled 62 eval rows
+    python evaluate.py --variants base --limit 10 --max-new-tokens 64
+    python evaluate.py --variants base,runs/r16 --judge --judge-base-url http://localhost:8000/v1 --judge-model m
+
+Each variant answers every eval row; then, per variant:
+  seed_cosine   the seed report's mean cosine over all token pairs of last hidden states (of one
+                fixed model, the base LLM, for every variant), kept for comparison: it barely moves
+  sts           cosine of all-MiniLM-L6-v2 sentence vectors, answer vs reference
+  mrr, r@1      passage ranking: each answer retrieves its own reference among all references
+  ppl           perplexity of the reference answers under the variant (LLMs; bits/char for char models)
+  rouge_l       ROUGE-L F1 against the reference
+  words, stop   mean answer length in words, share of answers that ended by themselves
+  rep3, dist2   repeated word 3-grams within answers, distinct word bigrams across answers
+  flagged       share of answers the safety layer's output screening flags
+  judge         optional LLM-as-judge (1-5), on any OpenAI-compatible endpoint
+Writes results.md, results.csv, results.json, chart.png and examples.jsonl into --out.
+"""
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.errors import UserError
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--variants", default="base",
+               help="comma-separated: 'base' and/or run folders (a LoRA adapter or an rnn/lstm run)")
+p.add_argument("--model", default=None, help="base model folder or hub id (default: the embedded SmolLM2)")
+p.add_argument("--data", default=None, help="evaluation rows (default: the bundled data/sample/eval.jsonl)")
+p.add_argument("--limit", type=int, default=None, help="use only the first N evaluation rows")
+p.add_argument("--out", default="eval", help="folder for results.md/csv/json, chart.png, examples.jsonl")
+p.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (tokens; x4 characters for char models)")
+p.add_argument("--temperature", type=float, default=0.0, help="LLM sampling temperature (0 = greedy)")
+p.add_argument("--char-temperature", type=float, default=0.8, help="sampling temperature for the char models")
+p.add_argument("--template", default=None, choices=["chat", "alpaca"],
+               help="prompt format (default: each run's own, from its train_config.json; chat for base)")
+p.add_argument("--seed", type=int, default=0, help="seed for sampling; results are deterministic under it")
+p.add_argument("--sts-model", default=None, help="sentence encoder (default: the packaged all-MiniLM-L6-v2)")
+p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+p.add_argument("--quantize", default=None, choices=["nf4"], help="load the LLM in 4-bit NF4")
+p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge")
+p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint of the judge")
+p.add_argument("--judge-model", default=None, help="judge model name")
+p.add_argument("--judge-api-key", default=None, help="judge API key (default: $OPENAI_API_KEY)")
+args = p.parse_args()
+
+COLUMNS = ["variant", "kind", "seed_cosine", "sts", "mrr", "recall_at_1", "ppl", "bits_per_char",
+           "rouge_l", "words", "stop_rate", "rep3", "dist2", "flagged", "judge"]
+
+
+@dataclass
+class Variant:
+    name: str
+    kind: str            # base | lora | rnn | lstm
+    path: Path | None
+    template: str
+
+
+def parse_variants(text: str) -> list[Variant]:
+    from lora.peft_format import CONFIG_NAME
+    from model.rnn import is_char_run
+    out = []
+    for item in [v.strip() for v in text.split(",") if v.strip()]:
+        if item == "base":
+            out.append(Variant("base", "base", None, args.template or "chat"))
+            continue
+        path = Path(item)
+        if not path.is_dir():
+            raise UserError(f"--variants: '{item}' is neither 'base' nor a run folder")
+        run_cfg = {}
+        if (path / "train_config.json").is_file():
+            run_cfg = json.loads((path / "train_config.json").read_text())
+        if is_char_run(path):
+            out.append(Variant(path.name, run_cfg.get("arch", "char"), path, "char"))
+        elif (path / CONFIG_NAME).is_file():
+            out.append(Variant(path.name, "lora", path, args.template or run_cfg.get("template", "chat")))
+        else:
+            raise UserError(f"--variants: {path} holds neither an adapter ({CONFIG_NAME}) nor a char model")
+    if not out:
+        raise UserError("--variants: name at least one variant")
+    return out
+
+
+def main():
+    import safety
+    from data import build_examples, eval_batches, load_rows, pad_id_for
+    from data.format import chat_format_for
+    from evaluation import metrics
+    from evaluation.minilm import load_sentence_encoder
+    from lora import load_adapter
+    from model import load_model, load_tokenizer
+    from model.generation import SamplingConfig, generate
+    from model.loss import target_nll
+    from model.rnn import bits_per_char, load_char_model, row_text, sample_answer
+    from model.weights import resolve_model_dir
+    from tqdm import tqdm
+
+    variants = parse_variants(args.variants)
+    if args.data is None:
+        from data.rows import SAMPLE_DIR
+        args.data = str(SAMPLE_DIR / "eval.jsonl")
+    rows, stats = load_rows(args.data)
+    rows = rows[: args.limit] if args.limit else rows
+    print(f"evaluation rows: {len(rows)} ({stats.summary()})")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    judge_factory = None
+    if args.judge:
+        if not (args.judge_base_url and args.judge_model):
+            raise UserError("--judge needs --judge-base-url and --judge-model")
+        from evaluation.judge import Judge
+        judge_factory = lambda: Judge(args.judge_base_url, args.judge_model, args.judge_api_key)  # noqa: E731
+
+    folder = resolve_model_dir(args.model)
+    tokenizer = load_tokenizer(folder)
+    base = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize, quiet=True)
+
+    results, examples_out = [], []
+    answers_by_variant = {}
+    for v in variants:
+        t0 = time.perf_counter()
+        answers, stopped, extra = [], [], {}
+        if v.kind in ("base", "lora"):
+            model = base
+            if v.kind == "lora":
+                model = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize, quiet=True)
+                load_adapter(model, v.path)
+            fmt = chat_format_for(tokenizer, v.template)
+            for i, row in enumerate(tqdm(rows, desc=f"{v.name}: answering", dynamic_ncols=True)):
+                prompt = fmt.encode_prompt([{"role": "system", "content": row.instruction},
+                                            {"role": "user", "content": row.input}])
+                cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                     seed=args.seed + i)
+                result = generate(model, prompt, cfg, fmt.stop_ids)
+                answers.append(tokenizer.decode(result.ids).strip())
+                stopped.append(result.stopped)
+            # Perplexity of the references under this variant: exactly the training loss, held out.
+            examples, _ = build_examples(rows, tokenizer, v.template, 4096, progress=False)
+            total, n = 0.0, 0
+            with torch.no_grad():
+                for batch in eval_batches(examples, 4, pad_id_for(tokenizer)):
+                    nll, k = target_nll(model, batch["input_ids"].to(args.device), batch["labels"].to(args.device))
+                    total, n = total + float(nll), n + k
+            extra["ppl"] = metrics.perplexity(total, n)
+            if model is not base:
+                del model
+        else:
+            char_model, vocab = load_char_model(v.path)
+            max_chars = args.max_new_tokens * 4
+            for i, row in enumerate(tqdm(rows, desc=f"{v.name}: answering", dynamic_ncols=True)):
+                text = sample_answer(char_model, vocab, row.input, max_chars=max_chars,
+                                     temperature=args.char_temperature, seed=args.seed + i)
+                answers.append(text.strip())
+                stopped.append(len(text) < max_chars)
+            extra["bits_per_char"] = bits_per_char(char_model, vocab, "".join(row_text(r.input, r.output) for r in rows))
+        answers_by_variant[v.name] = (answers, stopped, extra, time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ metrics, all variants
+    print("scoring: sentence embeddings, the seed's token cosine, ROUGE-L, safety ...")
+    encoder = load_sentence_encoder(args.sts_model)
+    refs = [r.output for r in rows]
+    ref_emb = encoder.encode(refs)
+    ref_hidden = [_last_hidden(base, tokenizer, t, args.device) for t in refs]
+    for v in variants:
+        answers, stopped, extra, seconds = answers_by_variant[v.name]
+        emb = encoder.encode([a or " " for a in answers])
+        sts = metrics.semantic_similarity(emb, ref_emb)
+        rank = metrics.ranking(emb, ref_emb)
+        rouge = [metrics.rouge_l_f1(a, r) for a, r in zip(answers, refs)]
+        cos = [metrics.seed_token_cosine(_last_hidden(base, tokenizer, a or " ", args.device), h)
+               for a, h in zip(answers, ref_hidden)]
+        screens = [safety.screen_output(a, conversation=[{"role": "user", "content": r.input}])
+                   for a, r in zip(answers, rows)]
+        length = metrics.mean_length_and_stop_rate(answers, stopped)
+        judge_means = None
+        if judge_factory is not None:
+            j = judge_factory()
+            for a, r in tqdm(list(zip(answers, rows)), desc=f"{v.name}: judging", dynamic_ncols=True):
+                j.score(r.input, a, r.output)
+            summary = j.summary()
+            print(f"{v.name}: {summary.line()}")
+            judge_means = summary.means.get("overall")
+        results.append({
+            "variant": v.name, "kind": v.kind,
+            "seed_cosine": _mean(cos), "sts": _mean(sts), "mrr": rank["mrr"],
+            "recall_at_1": rank["recall_at_1"], "ppl": extra.get("ppl"),
+            "bits_per_char": extra.get("bits_per_char"), "rouge_l": _mean(rouge),
+            "words": length["mean_words"], "stop_rate": length["stop_rate"],
+            "rep3": _mean([metrics.repetition_rate(a) for a in answers]),
+            "dist2": metrics.distinct_n(answers, 2),
+            "flagged": _mean([0.0 if s.safe else 1.0 for s in screens]),
+            "judge": judge_means, "seconds": round(seconds, 1),
+        })
+        for i, (a, r) in enumerate(zip(answers, rows)):
+            examples_out.append({"variant": v.name, "index": i, "input": r.input, "reference": r.output,
+                                 "answer": a, "stopped": stopped[i], "sts": round(sts[i], 4),
+                                 "rouge_l": round(rouge[i], 4), "flagged": not screens[i].safe,
+                                 "flag_reasons": list(screens[i].reasons)})
+
+    write_outputs(out, results, examples_out)
+    print(Path(out / "results.md").read_text())
+
+
+@torch.no_grad()
+def _last_hidden(model, tokenizer, text: str, device) -> torch.Tensor:
+    ids = torch.tensor([tokenizer.encode(text)[:1024] or [0]], device=device)
+    return model.hidden_states(ids)[0].float().cpu()  # (T, dim)
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _fmt(value, key) -> str:
+    if value is None:
+        return "–"
+    if key in ("variant", "kind"):
+        return str(value)
+    if key in ("ppl", "words"):
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def write_outputs(out: Path, results: list[dict], examples: list[dict]):
+    header = "| " + " | ".join(COLUMNS) + " |"
+    lines = [header, "|" + "---|" * len(COLUMNS)]
+    for r in results:
+        lines.append("| " + " | ".join(_fmt(r.get(k), k) for k in COLUMNS) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + ["seconds"])
+        writer.writeheader()
+        writer.writerows(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    with open(out / "examples.jsonl", "w") as f:
+        for e in examples:
+            f.write(json.dumps(e, ensure_ascii=False) + "\n")
+    plot(results, out / "chart.png")
+
+
+def plot(results: list[dict], path: Path):
+    """Grouped bars: one group per metric (all on a 0-1 scale), one bar per variant."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; skipping chart.png")
+        return
+    keys = ["seed_cosine", "sts", "mrr", "recall_at_1", "rouge_l", "stop_rate", "flagged"]
+    width = 0.8 / max(len(results), 1)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for j, r in enumerate(results):
+        values = [r.get(k) or 0.0 for k in keys]
+        ax.bar([i + j * width for i in range(len(keys))], values, width, label=r["variant"])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], keys)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (0-1)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

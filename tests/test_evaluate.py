@@ -1,0 +1,89 @@
+"""evaluate.py end to end on a tiny model: every output file, every variant kind, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import tiny_model_with_smollm2_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, smollm2_dir):
+    root = tmp_path_factory.mktemp("eval")
+    tiny = tiny_model_with_smollm2_tokenizer(root / "tiny", smollm2_dir)
+    rows = [{"instruction": "Be kind.", "input": f"I worry about thing {i} every night.",
+             "output": f"Worry about {i} at night is hard. Try writing it down before bed."} for i in range(3)]
+    data = root / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["--model", str(tiny), "--data", str(data), "--eval-data", str(data), "--max-len", "64",
+              "--batch-size", "2", "--eval-every", "0", "--save-every", "0"]
+    import train
+    train.main(common + ["--out", str(root / "lora"), "--max-steps", "2"])
+    train.main(common + ["--out", str(root / "lstm"), "--arch", "lstm", "--char-steps", "5", "--char-hidden", "16"])
+    return root, tiny, data
+
+
+def _evaluate(*argv):
+    return subprocess.run([sys.executable, "evaluate.py", *argv], capture_output=True, text=True, timeout=600)
+
+
+def test_evaluate_writes_every_output_for_base_lora_and_char_variants(setup):
+    root, tiny, data = setup
+    out = root / "out"
+    run = _evaluate("--model", str(tiny), "--data", str(data), "--variants",
+                    f"base,{root / 'lora'},{root / 'lstm'}", "--max-new-tokens", "6", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    for name in ("results.md", "results.csv", "results.json", "chart.png", "examples.jsonl"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in results] == ["base", "lora", "lstm"]
+    assert [r["kind"] for r in results] == ["base", "lora", "lstm"]
+    for r in results:
+        assert 0.0 <= r["mrr"] <= 1.0 and 0.0 <= r["flagged"] <= 1.0 and -1.0 <= r["sts"] <= 1.0
+    assert results[0]["ppl"] > 1 and results[2]["bits_per_char"] > 0 and results[2]["ppl"] is None
+    examples = [json.loads(l) for l in (out / "examples.jsonl").read_text().splitlines()]
+    assert len(examples) == 3 * 3
+    table = (out / "results.md").read_text()
+    assert table.count("\n") == 2 + 3 and "| lstm |" in table
+
+
+def test_evaluate_is_deterministic_under_a_seed(setup):
+    root, tiny, data = setup
+    outs = []
+    for name in ("a", "b"):
+        run = _evaluate("--model", str(tiny), "--data", str(data), "--variants", "base",
+                        "--temperature", "0.9", "--seed", "5", "--max-new-tokens", "6", "--out", str(root / name))
+        assert run.returncode == 0, run.stderr[-2000:]
+        outs.append((root / name / "examples.jsonl").read_text())
+    assert outs[0] == outs[1]
+
+
+def test_missing_adapter_is_a_one_line_error(setup, tmp_path):
+    root, tiny, data = setup
+    run = _evaluate("--model", str(tiny), "--data", str(data), "--variants", f"base,{tmp_path / 'nope'}")
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope" in lines[0]
+
+
+def test_eval_rows_with_missing_fields_are_skipped_and_counted(setup):
+    root, tiny, data = setup
+    bad = root / "bad.jsonl"
+    bad.write_text(data.read_text() + json.dumps({"instruction": "x", "input": "only input"}) + "\n")
+    run = _evaluate("--model", str(tiny), "--data", str(bad), "--variants", "base",
+                    "--max-new-tokens", "4", "--out", str(root / "bad_out"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "skipped 1" in run.stdout or "1 skipped" in run.stdout
+
+
+def test_judge_that_is_down_is_reported_and_other_metrics_still_come(setup):
+    root, tiny, data = setup
+    out = root / "judged"
+    run = _evaluate("--model", str(tiny), "--data", str(data), "--variants", "base", "--max-new-tokens", "4",
+                    "--judge", "--judge-base-url", "http://127.0.0.1:9/v1", "--judge-model", "m", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "judge: 0/3 scored" in run.stdout and "cannot reach the judge" in run.stdout
+    result = json.loads((out / "results.json").read_text())[0]
+    assert result["judge"] is None and result["sts"] is not None

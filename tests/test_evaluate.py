@@ -14,10 +14,11 @@ def setup(tmp_path_factory, smollm2_dir):
     root = tmp_path_factory.mktemp("eval")
     tiny = tiny_model_with_smollm2_tokenizer(root / "tiny", smollm2_dir)
     rows = [{"instruction": "Be kind.", "input": f"I worry about thing {i} every night.",
-             "output": f"Worry about {i} at night is hard. Try writing it down before bed."} for i in range(3)]
-    data = root / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = ["--model", str(tiny), "--data", str(data), "--eval-data", str(data), "--max-len", "64",
+             "output": f"Worry about {i} at night is hard. Try writing it down before bed."} for i in range(9)]
+    data, train_rows = root / "rows.jsonl", root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    train_rows.write_text("".join(json.dumps(r) + "\n" for r in rows[3:]))
+    common = ["--model", str(tiny), "--data", str(train_rows), "--eval-data", str(data), "--max-len", "64",
               "--batch-size", "2", "--eval-every", "0", "--save-every", "0"]
     import train
     train.main(common + ["--out", str(root / "lora"), "--max-steps", "2"])

@@ -70,11 +70,15 @@ class Assistant:
             held += stream.push(token)
             held, hit_stop = _cut_at_stop(held, stop_strings)
             if hit_stop or SENTENCE_END.search(held):
-                piece = self._screen(messages, shown, held)
-                if piece is None:
-                    break
-                shown, held = shown + piece, ""
-                yield piece
+                # Keep back an end that may be the start of a stop string ("\n" of "\n\n"):
+                # once released, text cannot be taken back if the stop string completes.
+                ready, held = (held, "") if hit_stop else _hold_stop_prefix(held, stop_strings)
+                if ready:
+                    piece = self._screen(messages, shown, ready)
+                    if piece is None:
+                        break
+                    shown += piece
+                    yield piece
             if hit_stop:
                 gen.stopped = True
                 break
@@ -104,7 +108,15 @@ class Assistant:
 
 
 def _cut_at_stop(text: str, stop_strings) -> tuple[str, bool]:
-    for s in stop_strings:
-        if s and s in text:
-            return text[:text.index(s)], True
-    return text, False
+    """The text before the earliest stop string in it, and whether there was one."""
+    cuts = [text.index(s) for s in stop_strings if s and s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def _hold_stop_prefix(text: str, stop_strings) -> tuple[str, str]:
+    """(text to release now, the longest end of it that begins some stop string)."""
+    longest = max((len(s) for s in stop_strings if s), default=1)
+    for k in range(min(len(text), longest - 1), 0, -1):
+        if any(s.startswith(text[-k:]) for s in stop_strings if s):
+            return text[:-k], text[-k:]
+    return text, ""

@@ -42,6 +42,11 @@ args = p.parse_args()
 
 
 def main():
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be 1 or more, got {args.max_new_tokens}")
+    if args.no_chat and args.prompt is None and not args.serve:  # before the slow model load
+        raise UserError("--no-chat needs --prompt: pass the text to continue, e.g. "
+                        "--no-chat --prompt \"Once upon a time\"")
     import safety
     from assistant import Assistant
     from model import load_model, load_tokenizer
@@ -66,8 +71,6 @@ def main():
         return
 
     if args.no_chat:  # raw text in, raw continuation out: no template, no chat safety turn
-        if args.prompt is None:
-            raise UserError("--no-chat needs --prompt")
         ids = tokenizer.encode(args.prompt, bos=tokenizer.bos_id is not None)
         stream, start, n = TextStream(tokenizer), time.perf_counter(), 0
         for token in generate_stream(model, ids, sampling, [tokenizer.eos_id]):

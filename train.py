@@ -335,7 +335,7 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
             seconds = time.perf_counter() - t0
             record = {"step": step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(float(grad_norm), 4),
                       "tokens_per_s": round(n_tokens / seconds, 1), "epoch": round(batcher.epochs_done, 3)}
-            if cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.max_steps:
                 record["eval_loss"] = round(evaluate(), 5)
             history.append(record)
             if step % cfg.log_every == 0 or "eval_loss" in record:

@@ -135,7 +135,7 @@ def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", 
     with torch.device("meta"):
         model = Llama(config)
     if quantize == "nf4" or prequantized:
-        from model.quant import replace_linears_with_4bit
+        from model.linear4bit import replace_linears_with_4bit
         replace_linears_with_4bit(model, compute_dtype)
 
     four_bit = quantize == "nf4" or prequantized
@@ -146,7 +146,7 @@ def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", 
     model.requires_grad_(False)
     model.source_dir = folder
     if prequantized and quantize is None:
-        from model.quant import replace_4bit_with_linears
+        from model.linear4bit import replace_4bit_with_linears
         replace_4bit_with_linears(model, dtype)
     if adapter is not None:
         # The one place model reaches for lora: applying an adapter at load time is part of
@@ -178,7 +178,7 @@ def _linear4bit_type(four_bit: bool):
     """The 4-bit module class, imported only when a 4-bit model is being built."""
     if not four_bit:
         return ()  # isinstance(x, ()) is always False
-    from model.quant import Linear4bit
+    from model.linear4bit import Linear4bit
     return Linear4bit
 
 

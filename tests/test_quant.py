@@ -1,5 +1,6 @@
 """NF4 (model/quant.py) against bitsandbytes, the reference: the same bytes, the same numbers,
-checkpoints in its layout, and a Linear4bit whose backward keeps only the 4-bit weight."""
+checkpoints in its layout, and a Linear4bit (model/linear4bit.py) whose backward keeps only the
+4-bit weight."""
 
 import json
 import os
@@ -10,9 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import quant
+from model import linear4bit, quant
 from model.errors import UserError
-from model.quant import (Linear4bit, create_dynamic_map, dequantize_nf4, nf4_code_from_normal_quantiles,
+from model.linear4bit import Linear4bit
+from model.quant import (create_dynamic_map, dequantize_nf4, nf4_code_from_normal_quantiles,
                          quant_state_from_tensors, quant_state_to_tensors, quantize_nf4)
 
 SIZES = [(1,), (63,), (65,), (64 * 256 + 1,), (300, 77), (96, 128)]
@@ -255,11 +257,11 @@ def test_from_quantized_builds_the_same_layer():
 
 def test_replace_linears_skips_lm_head_and_the_reverse_restores_dense_layers():
     model = nn.ModuleDict({"q_proj": nn.Linear(64, 64, bias=False), "lm_head": nn.Linear(64, 10, bias=False)})
-    assert quant.replace_linears_with_4bit(model, torch.float32) == 1
+    assert linear4bit.replace_linears_with_4bit(model, torch.float32) == 1
     assert isinstance(model["q_proj"], Linear4bit) and isinstance(model["lm_head"], nn.Linear)
     model["q_proj"].quantize_(torch.randn(64, 64))
     expected = model["q_proj"].dequantized_weight(torch.float32)
-    assert quant.replace_4bit_with_linears(model, torch.float32) == 1
+    assert linear4bit.replace_4bit_with_linears(model, torch.float32) == 1
     assert type(model["q_proj"]) is nn.Linear and torch.equal(model["q_proj"].weight, expected)
 
 

@@ -4,6 +4,8 @@ The three refusals that no retry can fix become SynthError with one sentence (th
 it and exits with status 2): no key, a rejected key (401/403), an unknown model or path (404).
 """
 
+import dataclasses
+import itertools
 import os
 import threading
 from dataclasses import dataclass, field
@@ -99,8 +101,17 @@ class ChatClient:
         again, under the same retry budget as a dropped connection.
         """
         url = self.connection.base_url
+        attempts = itertools.count()
+
+        def attempt():
+            # A retry after an unusable reply must not ask for the very same sample again.
+            n = next(attempts)
+            seeded = sampling if sampling.seed is None or n == 0 else \
+                dataclasses.replace(sampling, seed=sampling.seed + n)
+            return self._once(messages, seeded, parse)
+
         try:
-            return call_with_retries(lambda: self._once(messages, sampling, parse),
+            return call_with_retries(attempt,
                                      self.connection.retry, what=what, log=self.log,
                                      stop=self.stop)
         except openai.AuthenticationError:

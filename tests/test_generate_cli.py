@@ -1,0 +1,134 @@
+"""generate.py as people run it: one answer, an interactive chat through stdin, raw text
+continuation, --help, and the crisis path, each in a subprocess on the embedded SmolLM2.
+
+Answers are kept to 8 tokens: each run loads the model and generates on a CPU.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import safety
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERATE = ROOT / "generate.py"
+MESSAGE = "I can't sleep before exams."
+CRISIS = "I want to kill myself tonight. I have the pills ready."
+SPEED_LINE = re.compile(r"^\[(\d+) tokens in \d+\.\d+ s, \d+\.\d+ tokens/s\]$", re.MULTILINE)
+
+
+def run_generate(*flags: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(GENERATE), *flags], input=stdin, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def chat_answers(stdout: str) -> list[str]:
+    """The assistant's answers in a chat transcript: after "assistant> ", up to the blank line
+    before the next "you> " prompt."""
+    return re.findall(r"assistant> (.*?)\n\n(?=you> )", stdout, re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def one_shot():
+    return ok(run_generate("--prompt", MESSAGE, "--max-new-tokens", "8"))
+
+
+@pytest.fixture(scope="module")
+def chat():
+    # The same message twice with /reset between (the second answer must not see the first),
+    # then, in a fresh conversation, a crisis message. One process: each run loads the model.
+    return ok(run_generate("--max-new-tokens", "8",
+                           stdin=f"{MESSAGE}\n/reset\n{MESSAGE}\n/reset\n{CRISIS}\n/exit\n"))
+
+
+# --- --prompt ---------------------------------------------------------------------------------
+
+
+def test_prompt_prints_an_answer_on_stdout(one_shot):
+    assert one_shot.stdout.strip()
+    assert safety.DISCLAIMER not in one_shot.stdout  # a one-shot answer is only the answer
+
+
+def test_prompt_reports_tokens_per_second_on_stderr(one_shot):
+    speeds = SPEED_LINE.findall(one_shot.stderr)
+    assert len(speeds) == 1, one_shot.stderr
+    assert 1 <= int(speeds[0]) <= 8
+
+
+# --- interactive chat -------------------------------------------------------------------------
+
+
+def test_chat_shows_the_disclaimer_once(chat):
+    assert chat.stdout.count(safety.DISCLAIMER) == 1
+
+
+def test_chat_answers_each_message(chat):
+    answers = chat_answers(chat.stdout)
+    assert len(answers) == 3, chat.stdout
+    assert all(answer.strip() for answer in answers)
+
+
+def test_chat_reset_forgets_the_conversation(chat):
+    assert chat.stdout.count("(conversation cleared)") == 2
+    first, second, _ = chat_answers(chat.stdout)
+    assert first == second  # greedy, and the same prompt once the history is gone
+
+
+def test_chat_answer_matches_the_one_shot_answer(chat, one_shot):
+    assert chat_answers(chat.stdout)[0].strip() == one_shot.stdout.strip()
+
+
+def test_chat_crisis_message_gets_the_crisis_resources(chat):
+    expected = safety.crisis_response(safety.detect(CRISIS), "US")
+    assert "988" in expected
+    assert chat_answers(chat.stdout)[2].strip() == expected.strip()
+
+
+def test_chat_crisis_message_does_not_run_the_model(chat):
+    # One speed line per answer the model wrote: the two ordinary ones, not the crisis one.
+    assert len(SPEED_LINE.findall(chat.stderr)) == 2, chat.stderr
+
+
+# --- --no-chat --------------------------------------------------------------------------------
+
+
+def test_no_chat_continues_raw_text():
+    result = ok(run_generate("--no-chat", "--prompt", "Once upon a time", "--max-new-tokens", "8"))
+    assert result.stdout.strip()
+    assert "assistant>" not in result.stdout and safety.DISCLAIMER not in result.stdout
+    speeds = SPEED_LINE.findall(result.stderr)
+    assert len(speeds) == 1 and 1 <= int(speeds[0]) <= 8, result.stderr
+
+
+def test_no_chat_without_prompt_is_a_one_line_error():
+    result = run_generate("--no-chat")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: --no-chat needs --prompt")
+
+
+def test_max_new_tokens_below_one_is_a_one_line_error():
+    result = run_generate("--prompt", MESSAGE, "--max-new-tokens", "0")
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: --max-new-tokens")
+
+
+# --- --help -----------------------------------------------------------------------------------
+
+
+def test_help_lists_every_flag():
+    flags = re.findall(r"""add_argument\(\s*["'](--[\w-]+)["']""", GENERATE.read_text())
+    assert len(flags) >= 15  # the regex still finds the flags
+    result = ok(run_generate("--help"))
+    missing = [flag for flag in flags if flag not in result.stdout]
+    assert missing == []

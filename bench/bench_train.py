@@ -1,7 +1,8 @@
 """Training speed and memory of our LoRA step against transformers + peft.
 
     python bench/bench_train.py                       # peak RSS, then 2 warm-up + 8 timed steps
-    python bench/bench_train.py --steps 2 --warmup 1 --rss-steps 1 --max-len 128   # short: 2-4 min
+    python bench/bench_train.py --steps 2 --warmup 1 --rss-steps 1 --rss-repeats 1 --max-len 128
+                                                      # the short version: 2-4 minutes
     python bench/bench_train.py --json train.json
 
 The same work on both sides:
@@ -24,7 +25,9 @@ How the two numbers are kept honest:
              both models in one process. Each implementation runs again alone in a child
              process (this script with --child), which imports only what that implementation
              needs, loads the model, trains the first --rss-steps batches (the longest one
-             among them) and reports resource.getrusage(RUSAGE_SELF).ru_maxrss.
+             among them) and reports resource.getrusage(RUSAGE_SELF).ru_maxrss. The same child
+             can peak a few hundred MiB apart from run to run (what the allocator keeps after
+             backward varies), so --rss-repeats children per side take turns; medians reported.
   same work  the losses of both sides are printed step by step; in float32 they agree to about
              1e-6 (in bfloat16 each side rounds differently, so about 1e-2).
 """
@@ -65,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--rss-steps", type=int, default=2,
                    help="steps each peak-RSS child process trains (default: 2: the longest batch "
                         "comes first, and from step 2 on AdamW's state is held as well)")
+    p.add_argument("--rss-repeats", type=int, default=2,
+                   help="child processes per implementation for peak RSS, taking turns; the "
+                        "median is reported (default: 2)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (default: 16)")
@@ -80,8 +86,9 @@ def parse_args(argv=None):
                    help="internal: run only this implementation for --rss-steps steps and print "
                         "its memory as one JSON line (used for the peak-RSS numbers)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.rss_steps < 1 or args.batch_size < 1:
-        p.error("--steps, --rss-steps and --batch-size must be at least 1, --warmup at least 0")
+    if min(args.steps, args.rss_steps, args.rss_repeats, args.batch_size) < 1 or args.warmup < 0:
+        p.error("--steps, --rss-steps, --rss-repeats and --batch-size must be at least 1, "
+                "--warmup at least 0")
     return args
 
 
@@ -208,15 +215,26 @@ def child(args):
 
 
 def measure_rss(args, argv) -> dict:
-    results = {}
-    for impl in IMPLS:
-        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", impl]
-        print(f"peak RSS: running {impl} alone in a child process ...", flush=True)
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if done.returncode != 0:
-            raise SystemExit(f"the {impl} child failed:\n{done.stderr[-3000:]}")
-        results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
+    """{impl: [child report, ...]}: --rss-repeats children per side, taking turns. The same run
+    can peak a few hundred MiB apart (what the allocator keeps after backward varies), hence
+    repeats and a median."""
+    results = {impl: [] for impl in IMPLS}
+    for r in range(args.rss_repeats):
+        for impl in IMPLS:
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", impl]
+            print(f"peak RSS {r + 1}/{args.rss_repeats}: running {impl} alone in a child "
+                  "process ...", flush=True)
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if done.returncode != 0:
+                raise SystemExit(f"the {impl} child failed:\n{done.stderr[-3000:]}")
+            results[impl].append(json.loads(done.stdout.strip().splitlines()[-1]))
     return results
+
+
+def rss_summary(reports: list[dict]) -> dict:
+    peaks = [r["peak_rss_mb"] for r in reports]
+    return {"peak_median": statistics.median(peaks), "peak_min": min(peaks), "peak_max": max(peaks),
+            "after_imports": statistics.median(r["rss_after_import_mb"] for r in reports)}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -297,14 +315,15 @@ def main(argv=None):
           f"alpha={args.lora_alpha:g} on 7 targets, AdamW; {args.steps} timed steps per "
           f"implementation after {args.warmup} warm-up, alternating step by step; "
           f"torch {torch.__version__}, {threads} threads, {cpu_name()}\n")
-    print("| implementation | tokens/s median (min-max) | peak RSS MiB | RSS after imports MiB "
+    print("| implementation | tokens/s median (min-max) | peak RSS MiB median (min-max) "
+          "| RSS after imports MiB "
           f"| loss after step {len(batches)} |")
     print("|---|---:|---:|---:|---:|")
     for impl in IMPLS:
         v = tok_s[impl]
-        mem = rss.get(impl)
-        peak = f"{mem['peak_rss_mb']:.0f}" if mem else "-"
-        imported = f"{mem['rss_after_import_mb']:.0f}" if mem else "-"
+        mem = rss_summary(rss[impl]) if rss else None
+        peak = f"{mem['peak_median']:.0f} ({mem['peak_min']:.0f}-{mem['peak_max']:.0f})" if mem else "-"
+        imported = f"{mem['after_imports']:.0f}" if mem else "-"
         print(f"| {LABELS[impl]} | {med[impl]:.0f} ({min(v):.0f}-{max(v):.0f}) | {peak} | {imported} "
               f"| {losses[impl][-1]:.5f} |")
     print()
@@ -312,9 +331,12 @@ def main(argv=None):
     print(f"ours / transformers + peft: tokens/s {ratio:.2f}x (median of per-step ratios "
           f"{statistics.median(ratios):.2f}x; target >= 1.5x: {verdict})")
     if rss:
-        print(f"peak RSS: ours {rss['ours']['peak_rss_mb']:.0f} MiB vs transformers + peft "
-              f"{rss['transformers']['peak_rss_mb']:.0f} MiB (each alone in a child process, "
-              f"{args.rss_steps} step(s), longest batch {tuple(rss['ours']['longest_batch'])})")
+        ours_mem, hf_mem = rss_summary(rss["ours"]), rss_summary(rss["transformers"])
+        print(f"peak RSS: ours {ours_mem['peak_median']:.0f} MiB vs transformers + peft "
+              f"{hf_mem['peak_median']:.0f} MiB, {ours_mem['peak_median'] / hf_mem['peak_median']:.2f}x "
+              f"(medians of {args.rss_repeats} child process(es) per side, each running one side "
+              f"alone for {args.rss_steps} step(s), longest batch "
+              f"{tuple(rss['ours'][0]['longest_batch'])})")
     else:
         print("peak RSS: skipped (--no-rss)")
     print(f"same work: the largest loss difference over {len(batches)} steps is {loss_gap:.2e}")

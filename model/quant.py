@@ -238,6 +238,8 @@ def quantize_nf4(w: Tensor, blocksize: int = BLOCKSIZE) -> tuple[Tensor, QuantSt
         tail = flat[n_full:].float()
         absmax[-1] = tail.abs().amax().clamp(min=TINY)
         codes[n_full:n] = _nearest_nf4((tail / absmax[-1]).clamp(-1, 1))
+    if not torch.isfinite(absmax).all():                        # a NaN or inf makes its block's absmax so
+        raise ValueError("the weight holds NaN or infinite values, which NF4 cannot store")
     if n % 2:
         codes[n] = NF4_ZERO_INDEX                               # pads the last byte
     packed = (codes[0::2] << 4) | codes[1::2]                   # first value in the high nibble

@@ -194,5 +194,9 @@ def _swap_into_place(tmp: Path, folder: Path):
     if old.exists():
         shutil.rmtree(old)
     folder.rename(old)
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:
+        old.rename(folder)            # put the previous checkpoint back
+        raise
     shutil.rmtree(old)

@@ -188,8 +188,9 @@ def _stream_tensors(model: nn.Module, files: list[Path], dtype, device, prequant
     Linear4bit = _linear4bit_type(four_bit)
     modules = dict(model.named_modules())
     loaded: set[str] = set()
-    readers = [TensorFile(path) for path in files]      # reads only the headers
+    readers = []
     try:
+        readers += [TensorFile(path) for path in files]   # reads only the headers
         # A 4-bit weight's statistics may sit in another shard than its packed bytes.
         where = {key: reader for reader in readers for key in reader.keys()}
         quant_groups = _group_quantized(list(where)) if prequantized else {}
@@ -210,7 +211,11 @@ def _stream_tensors(model: nn.Module, files: list[Path], dtype, device, prequant
                     module.load_packed(key, tensors, source=str(path), device=device)
                 elif isinstance(module, Linear4bit) and attr == "weight":
                     _check_shape(path, key, reader.shape(key), module.weight_shape)
-                    module.quantize_(reader.get_tensor(key).to(device))
+                    try:
+                        module.quantize_(reader.get_tensor(key).to(device))
+                    except ValueError as e:     # NaN or inf, or a dtype NF4 does not take
+                        raise UserError(f"{path}: tensor '{key}' cannot be quantized to nf4 ({e}); "
+                                        "load it without quantize or repair the checkpoint") from None
                 else:
                     _place(module, attr, reader.get_tensor(key), dtype, device, path, key)
                 loaded.add(f"{module_name}.{attr}")
@@ -279,6 +284,7 @@ class TensorFile:
 
     def __init__(self, path: Path):
         self.path = path
+        self.file = None
         try:
             self.file = open(path, "rb")
             size = os.fstat(self.file.fileno()).st_size
@@ -287,9 +293,10 @@ class TensorFile:
                 raise ValueError(f"header length {header_len} does not fit a {size}-byte file")
             header = json.loads(self.file.read(header_len))
             header.pop("__metadata__", None)
-            self.entries = {key: (SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"]),
-                                  *e["data_offsets"]) for key, e in header.items()}
+            self.entries = {key: (e["dtype"], tuple(e["shape"]), *e["data_offsets"])
+                            for key, e in header.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            self.close()
             raise UserError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e}); "
                             "it may be truncated or corrupt") from None
         self.data_start = 8 + header_len
@@ -301,8 +308,11 @@ class TensorFile:
         return self.entries[key][1]
 
     def get_tensor(self, key: str) -> torch.Tensor:
-        dtype, shape, begin, end = self.entries[key]
-        n_bytes = end - begin
+        dtype_name, shape, begin, end = self.entries[key]
+        if dtype_name not in SAFETENSORS_DTYPES:
+            raise UserError(f"{self.path}: tensor '{key}' is stored as {dtype_name}, which this "
+                            f"loader does not read ({', '.join(SAFETENSORS_DTYPES)})")
+        dtype, n_bytes = SAFETENSORS_DTYPES[dtype_name], end - begin
         if n_bytes != math.prod(shape) * dtype.itemsize or n_bytes < 0:
             raise UserError(f"{self.path}: tensor '{key}' has {n_bytes} bytes, its shape "
                             f"{list(shape)} needs {math.prod(shape) * dtype.itemsize}; the file is corrupt")
@@ -318,4 +328,5 @@ class TensorFile:
         return data.view(dtype).view(shape)
 
     def close(self):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()

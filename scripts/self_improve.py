@@ -37,6 +37,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate.py: evaluation rows each variant answers (default: %(default)s)")
     p.add_argument("--eval-max-new-tokens", type=int, default=64,
                    help="evaluate.py: answer length limit in tokens (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of each subprocess; 1 is by far the fastest on a busy "
+                        "machine (waiting threads spin), raise it on idle cores (default: %(default)s)")
     p.add_argument("--port", type=int, default=0,
                    help="port of the model server on 127.0.0.1 (default: 0, any free port)")
     return p
@@ -163,53 +167,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ModelServer:
-    """`python generate.py --serve` on 127.0.0.1 as a context manager: waits until GET /v1/models
-    answers, and always stops the server on the way out (error, Ctrl-C, SIGTERM)."""
-
-    def __init__(self, port: int, max_new_tokens: int, log_path: Path):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = ["generate.py", "--serve", "--port", str(self.port),
-                    "--max-new-tokens", str(max_new_tokens)]
-        self.log_path = log_path
-        self.proc = None
-
-    def __enter__(self) -> "ModelServer":
-        print(f"$ python {' '.join(self.cmd)}  (log: {self.log_path})", flush=True)
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, *self.cmd], cwd=ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        try:
-            self._wait_until_ready()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _wait_until_ready(self):
+@contextmanager
+def model_server(port: int, max_new_tokens: int, log_path: Path):
+    """`python generate.py --serve` on 127.0.0.1; yields its URL once GET /v1/models answers,
+    and always stops it on the way out (done, error, Ctrl-C or SIGTERM)."""
+    url = f"http://127.0.0.1:{port or free_port()}"
+    cmd = ["generate.py", "--serve", "--port", url.rsplit(":", 1)[1],
+           "--max-new-tokens", str(max_new_tokens)]
+    print(f"$ python {' '.join(cmd)}  (log: {log_path})", flush=True)
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
-            if self.proc.poll() is not None:
-                raise UserError(f"the model server exited with status {self.proc.returncode}; "
-                                f"read {self.log_path} for why")
+            if proc.poll() is not None:
+                raise UserError(f"the model server exited with status {proc.returncode}; "
+                                f"read {log_path} for why")
             try:
-                with urllib.request.urlopen(self.url + "/v1/models", timeout=5):
-                    return
+                with urllib.request.urlopen(url + "/v1/models", timeout=5):
+                    break
             except OSError:  # not listening yet
                 if time.monotonic() > deadline:
                     raise UserError(f"the model server gave no answer in {SERVER_START_S} s; "
-                                    f"read {self.log_path} for why") from None
+                                    f"read {log_path} for why") from None
                 time.sleep(0.5)
-
-    def __exit__(self, *exc):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
             try:
-                self.proc.wait(timeout=15)
+                proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
 
 
 def with_examples(messages: list[dict]) -> list[dict]:
@@ -222,64 +212,49 @@ def with_examples(messages: list[dict]) -> list[dict]:
     return messages[:1] + shown + messages[1:]
 
 
-class EvaluatorProxy:
-    """A pass-through HTTP proxy in front of the model server for `synth refine`: requests
-    for EVALUATOR_MODEL get the worked examples added; every other request (the rewrites)
-    goes through unchanged. The server itself ignores the model name."""
+@contextmanager
+def evaluator_proxy(upstream: str, timeout: float):
+    """A pass-through HTTP proxy in front of the model server; yields its URL. Requests for
+    EVALUATOR_MODEL get the worked examples added; every other request (patients, answers,
+    rewrites) goes through unchanged. The server itself ignores the model name."""
 
-    def __init__(self, upstream: str, timeout: float):
-        self.upstream, self.timeout = upstream, timeout
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
 
-    def __enter__(self) -> "EvaluatorProxy":
-        threading.Thread(target=self.httpd.serve_forever, args=(0.1,), daemon=True).start()
-        return self
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                request = json.loads(body)
+            except json.JSONDecodeError:
+                request = None  # the server answers it with its own error
+            if isinstance(request, dict) and request.get("model") == EVALUATOR_MODEL \
+                    and isinstance(request.get("messages"), list):
+                request["messages"] = with_examples(request["messages"])
+                body = json.dumps(request).encode()
+            forward = urllib.request.Request(upstream + self.path, data=body,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(forward, timeout=timeout) as response:
+                    status, data = response.status, response.read()
+            except urllib.error.HTTPError as error:
+                status, data = error.code, error.read()
+            except OSError:  # the server is gone or too slow: the row fails, a rerun retries it
+                status, data = 502, b'{"error": {"message": "the model server did not answer"}}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def _handler(self):
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self._forward(None)
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    request = json.loads(body)
-                except json.JSONDecodeError:
-                    request = None  # the server answers it with its own error
-                if isinstance(request, dict) and request.get("model") == EVALUATOR_MODEL \
-                        and isinstance(request.get("messages"), list):
-                    request["messages"] = with_examples(request["messages"])
-                    body = json.dumps(request).encode()
-                self._forward(body)
-
-            def _forward(self, body: bytes | None):
-                request = urllib.request.Request(proxy.upstream + self.path, data=body,
-                                                 headers={"Content-Type": "application/json"})
-                try:
-                    with urllib.request.urlopen(request, timeout=proxy.timeout) as response:
-                        status, data = response.status, response.read()
-                except urllib.error.HTTPError as error:
-                    status, data = error.code, error.read()
-                except OSError:  # the server is gone or too slow: the client retries a 502
-                    status, data = 502, b'{"error": {"message": "the model server did not answer"}}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, args=(0.1,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 # ---------------------------------------------------------------------------- the stages
@@ -337,6 +312,8 @@ def synth_stage(stage: str, args, out: Path, base_url: str):
     if rejected.is_file():
         os.replace(rejected, out / rejected.name)
     os.replace(partial, out / name)  # last: its presence in OUT marks the stage as done
+    if not any(partial.parent.iterdir()):
+        partial.parent.rmdir()
 
 
 def check(code: int, what: str):
@@ -391,6 +368,8 @@ def summarize(out: Path, threshold: float, timings: dict[str, float]) -> str:
     reached = sum(bool(r.get("scores")) and max(r["scores"]) >= threshold for r in refined)
     rewrites = sum(max(0, len(r.get("scores", [])) - 1) for r in refined)
     flagged = sum("safety" in r for r in refined)
+    given = sorted({s for r in refined for s in r.get("scores", [])})
+    echoes = sum(" ".join(r["input"].split()[:8]) in r["output"] for r in refined)
 
     metrics = read_jsonl(out / "run" / "metrics.jsonl")
     losses = [m["eval_loss"] for m in metrics if "eval_loss" in m]
@@ -411,18 +390,22 @@ def summarize(out: Path, threshold: float, timings: dict[str, float]) -> str:
         f"- evaluator score (0-100), mean over kept rows: first draft {_num(first)} -> kept draft "
         f"{_num(best)}; {rewrites} rewrites, {reached} of {len(refined)} rows reached {threshold:g}",
         "  (the kept draft is the best-scoring one, so its mean cannot be lower than the first's)",
+        f"- kept answers that repeat the patient's opening words: {echoes} of {len(refined)}",
+        f"- every score the evaluator gave: {', '.join(f'{s:g}' for s in given) or 'none'} "
+        f"(the worked examples show {', '.join(str(v['score']) for *_, v in EVALUATOR_EXAMPLES)})",
         "",
         f"Training (train.py, {steps} steps on {len(refined)} refined rows):",
         f"- eval loss on the held-out rows: before {_num(losses[0] if losses else None, '.4f')} "
         f"-> after {_num(losses[-1] if len(losses) > 1 else None, '.4f')}",
         "",
         "Evaluation (evaluate.py: base model vs the trained adapter 'run'):", "", table, "",
-        "Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+        "Wall time per stage of this run (s): "
+        + (", ".join(f"{k} {v:.0f}" for k, v in timings.items()) or "every stage was already done"),
         "",
         f"Read this with care: {SERVED_MODEL} has 135M parameters. It is a weak psychologist and",
-        "a weaker evaluator: its scores copy the worked examples' numbers about as often as they",
-        "judge anything, and a few steps on a dozen of its own answers are not expected to make",
-        "it better. What the run shows is that every stage works end to end, offline; the same",
+        "a weaker evaluator: its scores mostly echo the worked examples' numbers rather than judge",
+        "the answer, and a few steps on a dozen of its own answers are not expected to make it",
+        "better. What the run shows is that every stage works end to end, offline; the same",
         "commands with a stronger model behind `python -m synth --base-url` make data worth training on.",
     ]
     return "\n".join(lines) + "\n"
@@ -434,6 +417,7 @@ def check_args(args) -> Path:
     """Rejects bad flag values with one sentence; returns the evaluation rows' path."""
     for flag, value, low in (("--n", args.n, 1), ("--max-tokens", args.max_tokens, 1),
                              ("--max-rounds", args.max_rounds, 0), ("--train-steps", args.train_steps, 1),
+                             ("--threads", args.threads, 1),
                              ("--eval-limit", args.eval_limit, 1),
                              ("--eval-max-new-tokens", args.eval_max_new_tokens, 1)):
         if value < low:
@@ -466,32 +450,30 @@ def main(argv=None):
     eval_data = check_args(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # read by torch in every subprocess
+        os.environ[name] = str(args.threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the finally blocks below
     start = time.perf_counter()
-    timings_path = out / "timings.json"  # earlier runs' stage times, so a resumed loop reports them
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = {}  # this run's stages only: a resumed loop skips what is done
 
     todo = stages_to_run(out, args.train_steps)
     for stage in STAGES:
         print(f"{stage:>9}: {'to run' if stage in todo else 'done, skipped'}")
-    try:
-        synth_todo = [s for s in todo if s in SYNTH_STAGES]
-        if synth_todo:
-            print("\n== server start", flush=True)
-            t0 = time.perf_counter()
-            with ModelServer(args.port, args.max_tokens, out / "server.log") as server, \
-                    EvaluatorProxy(server.url, args.timeout + 30) as proxy:
-                timings["server start"] = time.perf_counter() - t0
-                print(f"== server start: {timings['server start']:.0f} s ({server.url})", flush=True)
-                for stage in synth_todo:
-                    timed(stage, timings, synth_stage, stage, args, out, proxy.url)
-            print("(model server stopped)")
-        if "train" in todo:
-            timed("train", timings, train_stage, args, out, eval_data)
-        if "evaluate" in todo:
-            timed("evaluate", timings, evaluate_stage, args, out, eval_data)
-    finally:
-        timings_path.write_text(json.dumps(timings, indent=1))
+    synth_todo = [s for s in todo if s in SYNTH_STAGES]
+    if synth_todo:
+        print("\n== server start", flush=True)
+        t0 = time.perf_counter()
+        with model_server(args.port, args.max_tokens, out / "server.log") as server_url, \
+                evaluator_proxy(server_url, args.timeout + 30) as proxy_url:
+            timings["server start"] = time.perf_counter() - t0
+            print(f"== server start: {timings['server start']:.0f} s ({server_url})", flush=True)
+            for stage in synth_todo:
+                timed(stage, timings, synth_stage, stage, args, out, proxy_url)
+        print("(model server stopped)")
+    if "train" in todo:
+        timed("train", timings, train_stage, args, out, eval_data)
+    if "evaluate" in todo:
+        timed("evaluate", timings, evaluate_stage, args, out, eval_data)
 
     summary = summarize(out, args.threshold, timings)
     (out / "summary.md").write_text(summary)

@@ -5,6 +5,7 @@ and corrupt 4-bit checkpoints."""
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -18,13 +19,22 @@ from safetensors.torch import load_file, save_file
 from model import UserError, load_model
 from model import save as save_module
 from model.linear4bit import Linear4bit
-from model.quant import quantize_nf4
 from model.save import save_checkpoint
 from tests.helpers import save_hf_checkpoint, tiny_hf_config
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "I have been feeling anxious before work every morning. What can I do?"
 BUFFERS = ("weight", "absmax", "nested_absmax", "nested_code", "offset", "code")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """This file's big forwards and quantizations run in one thread: on a small, shared machine
+    two threads spend most of their time waiting for each other (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -164,7 +174,7 @@ def test_saved_nf4_folder_reads_back_without_requantizing(saved_nf4, ours_nf4, o
 def test_saved_nf4_folder_has_bitsandbytes_layout_and_quantization_config(saved_nf4):
     config = json.loads((saved_nf4 / "config.json").read_text())
     qc = config["quantization_config"]
-    assert (qc["quant_method"], qc["load_in_4bit"], qc["bnb_4bit_quant_type"]) == ("bitsandbytes", True, "nf4")
+    assert qc["quant_method"] == "bitsandbytes" and qc["load_in_4bit"] and qc["bnb_4bit_quant_type"] == "nf4"
     assert qc["bnb_4bit_use_double_quant"] and qc["bnb_4bit_compute_dtype"] == "float32"
     tensors = load_file(saved_nf4 / "model.safetensors")
     prefix = "model.layers.3.mlp.up_proj.weight"
@@ -204,10 +214,27 @@ def test_large_checkpoints_are_sharded_with_an_index_and_read_back(monkeypatch, 
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 2 and shards == sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
     for key, shard in index["weight_map"].items():               # statistics sit with their bytes
-        assert shard == index["weight_map"][key.split(".weight.", 1)[0] + ".weight" if ".weight." in key else key]
+        base = key.split(".weight.", 1)[0] + ".weight" if ".weight." in key else key
+        assert shard == index["weight_map"][base]
     again = load_model(tmp_path / "out", quantize="nf4", dtype="float32", compute_dtype="float32")
     ids = torch.randint(0, 320, (1, 9), generator=torch.Generator().manual_seed(1))
     assert torch.equal(logits(again, ids), logits(model, ids))
+
+
+def test_saving_again_replaces_the_checkpoint_and_never_a_folder_of_other_files(tmp_path):
+    save_hf_checkpoint(tiny_hf_config(), tmp_path / "base")
+    model = load_model(tmp_path / "base")
+    save_checkpoint(model, tmp_path / "out", dtype=torch.float32)
+    (tmp_path / "out/stale.safetensors").write_bytes(b"left from an older save")
+    save_checkpoint(model, tmp_path / "out", dtype=torch.bfloat16)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    assert load_file(tmp_path / "out/model.safetensors")["model.norm.weight"].dtype == torch.bfloat16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "out"]   # no temporary left
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/todo.txt").write_text("mine")
+    with pytest.raises(UserError, match="notes.*no config.json"):
+        save_checkpoint(model, tmp_path / "notes")
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
 
 
 def test_saving_a_model_with_lora_adapters_is_a_user_error(tmp_path):
@@ -268,6 +295,17 @@ def test_packed_size_that_disagrees_with_quant_state_shape_is_a_user_error(tiny_
         load_model(tiny_nf4_folder, quantize="nf4")
 
 
+def test_nan_in_a_weight_to_quantize_is_a_user_error_naming_the_tensor(tmp_path):
+    save_hf_checkpoint(tiny_hf_config(), tmp_path)
+    key = "model.layers.1.mlp.gate_proj.weight"
+
+    def poison(tensors):
+        tensors[key][3, 5] = float("nan")
+    rewrite(tmp_path, poison)
+    with pytest.raises(UserError, match=rf"model\.safetensors.*'{key}' cannot be quantized.*NaN"):
+        load_model(tmp_path, quantize="nf4")
+
+
 # ----------------------------------------------------------------------------- speed and memory
 def test_nearest_code_lookup_agrees_with_counting_midpoints_at_every_edge():
     from model import quant
@@ -293,7 +331,8 @@ def write_random_llama(folder: Path, n_layers: int, shard_bytes: int = 10**9) ->
     shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
     for i in range(n_layers):
         p = f"model.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+        shapes.update({p + "input_layernorm.weight": (hidden,),
+                       p + "post_attention_layernorm.weight": (hidden,),
                        p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
                        p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
                        p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
@@ -353,7 +392,8 @@ def test_loading_a_1b_checkpoint_in_nf4_peaks_below_4bit_size_plus_two_largest_t
     try:
         largest = write_random_llama(folder, n_layers=16)
         run = subprocess.run([sys.executable, "-c", MEASURE, str(folder)], capture_output=True,
-                             text=True, cwd=REPO, timeout=600)
+                             text=True, cwd=REPO, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})   # see one_thread
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     assert run.returncode == 0, run.stderr[-2000:]

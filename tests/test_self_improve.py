@@ -20,7 +20,7 @@ spec.loader.exec_module(loop)
 
 FLAGS = {"--out", "--n", "--max-tokens", "--threshold", "--max-rounds", "--seed", "--timeout",
          "--keep-unsafe", "--evaluator-examples", "--no-evaluator-examples", "--train-steps",
-         "--eval-data", "--eval-limit", "--eval-max-new-tokens", "--port"}
+         "--eval-data", "--eval-limit", "--eval-max-new-tokens", "--threads", "--port"}
 
 
 def write_lines(path: Path, records: list[dict]):

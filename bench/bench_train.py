@@ -202,7 +202,7 @@ def child(args):
         import transformers  # noqa: F401
     after_import = rss_mb()
     step, _ = BUILDERS[args.child](folder, args)
-    after_load = rss_mb()  # safetensors weights are memory-mapped: they count once touched
+    after_load = rss_mb()  # weights read through a memory map count only once touched
     losses, seconds = [], []
     for batch in batches:
         start = time.perf_counter()
@@ -216,8 +216,8 @@ def child(args):
 
 def measure_rss(args, argv) -> dict:
     """{impl: [child report, ...]}: --rss-repeats children per side, taking turns. The same run
-    can peak a few hundred MiB apart (what the allocator keeps after backward varies), hence
-    repeats and a median."""
+    can peak a few hundred MiB apart (glibc's malloc moves its mmap threshold as big blocks are
+    freed, so how much freed memory it keeps varies), hence repeats and a median."""
     results = {impl: [] for impl in IMPLS}
     for r in range(args.rss_repeats):
         for impl in IMPLS:

@@ -67,7 +67,8 @@ def generate_stream(model, prompt_ids: list[int], cfg: SamplingConfig,
     model.setup_cache(1, n_prompt + budget)
     try:
         tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
-        logits = model(tokens, start_pos=0)[0, -1]                             # (vocab,)
+        # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
+        logits = model.output(model.hidden_states(tokens, start_pos=0)[0, -1])  # (vocab,)
         pos = n_prompt
         for _ in range(budget):
             token = sample_next(logits, cfg, generator)

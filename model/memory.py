@@ -23,15 +23,18 @@ repository's implementation:
                  each LoRA target        4*in + 4r  its float32 input, and A's output
                                          (float32 compute: no copy, so q/k/v share one input,
                                           gate/up one, and o reads the kept attention output)
+                 each LoRA target, once  4*r*out    scale * B, which the update's matmul keeps
                The 4-bit base linears keep nothing: their weight is frozen, so they never need
                their input (model/quant.py). With gradient checkpointing only each block's input
                (d * a per token) is kept, and one block at a time is recomputed in backward.
                It assumes a memory-efficient attention kernel (a plain "math" one would also keep
                the n_heads x T x T attention matrix) and no LoRA dropout (which adds its mask and
                output); without LoRA on q, k, v the first block keeps less than counted.
-  logits       only target positions get logits (model/loss.py); for each of the
-               batch*(seq_len-1) positions and each vocab entry: the logits in the compute dtype,
-               the float32 log-softmax that cross-entropy keeps and the float32 gradient.
+  logits       only target positions get logits, and at most model.loss.chunk_rows(vocab) of
+               them at a time (model/loss.py computes the loss chunk by chunk and recomputes each
+               chunk's logits in backward); for each of those positions and each vocab entry: the
+               logits in the compute dtype, the float32 log-softmax that cross-entropy keeps and
+               the float32 gradient.
   workspace    one dequantized weight (the largest linear, compute dtype) at a time, as
                bitsandbytes' kernel makes it; the plain PyTorch path needs ~15 bytes per weight.
   CUDA context ~0.5 GiB that the driver, CUDA runtime and cuBLAS take before any tensor.
@@ -45,6 +48,7 @@ from pathlib import Path
 
 from model.config import LlamaConfig
 from model.errors import UserError
+from model.loss import chunk_rows
 
 GIB = 1024**3
 T4_USABLE_GIB = 15.0          # a "16 GB" T4 reports 15,360 MiB to CUDA
@@ -216,10 +220,13 @@ def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
         weights = {f"linears ({args.dtype})": linear_params * a}
     tokens = args.batch_size * args.seq_len
     per_block = activation_bytes_per_token_block(config, args)
+    # Per block, not per token: each LoRALinear's update keeps scale * B (out x r, float32).
+    scaled_b = sum(args.lora_r * shapes[t][1] for t in args.lora_targets) * 4
     if args.grad_checkpointing:
-        activations = tokens * (L * config.dim * a + per_block)   # block inputs + one block redone
+        # block inputs + one block redone
+        activations = tokens * (L * config.dim * a + per_block) + scaled_b
     else:
-        activations = tokens * L * per_block
+        activations = tokens * L * per_block + L * scaled_b
     targets = args.batch_size * max(args.seq_len - 1, 1)
     largest = max(i * o for i, o in shapes.values())
 
@@ -230,7 +237,7 @@ def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
         "LoRA gradients (float32)": lora_params * 4,
         f"optimizer state ({args.optim})": lora_params * OPTIMIZER_BYTES[args.optim],
         "activations" + (" (checkpointed)" if args.grad_checkpointing else ""): activations,
-        "logits and loss": targets * config.vocab_size * (a + 4 + 4),
+        "logits and loss": min(targets, chunk_rows(config.vocab_size)) * config.vocab_size * (a + 4 + 4),
         "dequantize workspace": largest * a if args.quantize == "nf4" else 0,
         "CUDA context": int(CUDA_CONTEXT_GIB * GIB),
     }

@@ -93,6 +93,42 @@ def test_target_nll_equals_transformers_loss_times_target_count(tiny_dir):
     assert abs(nll.item() / n - ref.item()) < 1e-5
 
 
+def test_loss_in_vocabulary_chunks_equals_the_loss_in_one_piece(tiny_dir):
+    """Past chunk_size targets the vocabulary projection runs chunk by chunk and is recomputed in
+    backward: the same loss and gradients, and never more than chunk_size rows of logits."""
+    ids = torch.randint(0, 49152, (3, 20), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[:, :4] = -100  # targets are labels[:, 1:]: 3 rows x 16 = 48
+
+    def run(chunk_size, grad=True):
+        torch.manual_seed(0)
+        model = load_model(tiny_dir)
+        inject(model, LoRAConfig(r=4, alpha=8))
+        with torch.no_grad():  # a non-zero B so every LoRA matrix gets a gradient
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+        model.train()
+        rows, project = [], model.output
+        model.output = lambda h: rows.append(h.shape[0]) or project(h)
+        with torch.set_grad_enabled(grad):
+            nll, n = target_nll(model, ids, labels, chunk_size=chunk_size)
+        if grad:
+            nll.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        return nll.item(), n, rows, grads
+
+    whole, n_whole, rows_whole, grads_whole = run(10**6)
+    chunked, n_chunked, rows_chunked, grads_chunked = run(7)
+    assert n_whole == n_chunked == 48 and rows_whole == [48]
+    assert max(rows_chunked) == 7 and sum(rows_chunked) == 2 * 48  # forward, then again in backward
+    assert abs(chunked - whole) < 1e-4 * whole
+    for name, grad in grads_whole.items():
+        assert torch.allclose(grads_chunked[name], grad, atol=1e-6), name
+    no_grad, _, rows_no_grad, _ = run(7, grad=False)  # evaluation: chunks, nothing recomputed
+    assert sum(rows_no_grad) == 48 and abs(no_grad - whole) < 1e-4 * whole
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
     ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(1))
     result = []

@@ -48,6 +48,18 @@ def _losses(out):
     return [(r["step"], r.get("loss"), r.get("eval_loss")) for r in lines]
 
 
+def _lora_model(tiny_dir):
+    """The tiny model with LoRA r=4 and a non-zero B, so every LoRA matrix gets a gradient."""
+    torch.manual_seed(0)
+    model = load_model(tiny_dir)
+    inject(model, LoRAConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    return model
+
+
 def test_accumulated_gradient_equals_one_big_batch(tiny_dir):
     """4 micro-batches of 2, each loss summed and divided by the targets of all 8, give the
     gradient of one batch of 8 (rows of different lengths, so per-micro-batch means would not)."""
@@ -59,13 +71,7 @@ def test_accumulated_gradient_equals_one_big_batch(tiny_dir):
     examples, _ = build_examples(rows, tok, "chat", 128, progress=False)
 
     def grads(micro_size):
-        torch.manual_seed(0)
-        model = load_model(tiny_dir)
-        inject(model, LoRAConfig(r=4, alpha=8))
-        with torch.no_grad():  # a non-zero B so every LoRA matrix gets a gradient
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.02)
+        model = _lora_model(tiny_dir)
         micro = [pad_batch(examples[i:i + micro_size], tok.eos_id) for i in range(0, 8, micro_size)]
         n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
         for b in micro:
@@ -101,13 +107,7 @@ def test_loss_in_vocabulary_chunks_equals_the_loss_in_one_piece(tiny_dir):
     labels[:, :4] = -100  # targets are labels[:, 1:]: 3 rows x 16 = 48
 
     def run(chunk_size, grad=True):
-        torch.manual_seed(0)
-        model = load_model(tiny_dir)
-        inject(model, LoRAConfig(r=4, alpha=8))
-        with torch.no_grad():  # a non-zero B so every LoRA matrix gets a gradient
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.02)
+        model = _lora_model(tiny_dir)
         model.train()
         rows, project = [], model.output
         model.output = lambda h: rows.append(h.shape[0]) or project(h)

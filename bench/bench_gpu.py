@@ -24,8 +24,9 @@ pre-quantized bitsandbytes folder (model/save.py) in --workdir, which transforme
 bitsandbytes; peft adds the same LoRA, bitsandbytes' AdamW8bit is the same optimizer, and
 transformers' own gradient checkpointing is switched on. Every measurement runs in a child
 process of its own, one at a time, so each peak counts only that side. tokens/s is the median
-over the timed steps after --warmup untimed ones; memory is torch.cuda.max_memory_allocated
-(on a CPU the script checks itself and reports no memory).
+over the timed steps after --warmup untimed ones; weights GB is torch.cuda.memory_allocated once
+the model is built, peak GB is torch.cuda.max_memory_allocated over the steps (on a CPU the
+script checks itself and reports no memory).
 """
 
 import argparse
@@ -180,8 +181,6 @@ def child_measure(args, device: torch.device, side: str, part: str) -> dict:
     recipe = part == "recipe"
     seq_len = args.recipe_seq_len if recipe else args.seq_len
     dtype = compute_dtype(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     if side == "ours":
         model = build_ours_nf4(args, device)
@@ -204,6 +203,8 @@ def child_measure(args, device: torch.device, side: str, part: str) -> dict:
             return model(input_ids=ids, labels=ids, use_cache=False).loss
     build_s = time.perf_counter() - start
     model.train()
+    if device.type == "cuda":  # the peak of the steps, not of building or loading
+        torch.cuda.reset_peak_memory_stats(device)
 
     if recipe and args.optim == "adamw8bit":
         import bitsandbytes as bnb

@@ -30,7 +30,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -41,6 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
+
+from bench.common import cpu_name  # noqa: E402
 
 FLOOR_LABEL = "floor: one matrix-vector product per weight"
 DEFAULT_PROMPT = ("Lately I lie awake for hours worrying about work, and then I'm exhausted all "
@@ -227,16 +228,6 @@ def summarise(samples: list[dict]) -> dict:
     decode = [s["decode_tok_s"] for s in samples]
     out["decode_min"], out["decode_max"] = min(decode), max(decode)
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def profile_ours(model, prompt_ids, n_new, rows=15):

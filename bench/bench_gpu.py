@@ -34,7 +34,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
+
+from bench.common import run_child, without_flags  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SIDES = ("ours", "transformers")
@@ -240,28 +241,6 @@ def child_measure(args, device: torch.device, side: str, part: str) -> dict:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
 
 
-def run_child(argv: list[str], what: str) -> dict:
-    """Runs this script with --child WHAT in a fresh process; returns its JSON line."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", what]
-    print(f"... {what}", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def strip_child(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--child":
-            skip = True
-        elif not a.startswith("--child="):
-            out.append(a)
-    return out
-
-
 def fmt(value, spec=".2f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -277,15 +256,17 @@ def main(argv=None):
         print(json.dumps(result))
         return
 
-    base = strip_child(argv)
+    base = without_flags(argv, ("--child", "--json"))
     results = []
     if "transformers" in args.sides:
-        prep = run_child(base, "prepare")
+        print("... prepare", flush=True)
+        prep = run_child(__file__, base, "prepare")
         print(f"shared NF4 folder: {prep['folder']}" + (" (reused)" if prep["reused"] else
                                                          f" (written in {prep['save_s']:.0f} s)"))
     for part in args.parts:
         for side in args.sides:
-            r = run_child(base, f"{side}:{part}")
+            print(f"... {side}:{part}", flush=True)
+            r = run_child(__file__, base, f"{side}:{part}")
             print(f"{side} {part}: {r['tok_s_median']:.0f} tok/s, weights {fmt(r['weights_gb'])} GB, "
                   f"peak {fmt(r['peak_gb'])} GB, losses {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}",
                   flush=True)

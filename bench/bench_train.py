@@ -40,11 +40,9 @@ How the two numbers are kept honest:
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import zlib
@@ -54,6 +52,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere
+
+from bench.common import cpu_name, run_child, without_flags  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 IMPLS = ("ours", "transformers")
@@ -195,7 +195,7 @@ def build_transformers(folder, args):
 
 def build_floor(folder, args):
     """The matmuls and attention that any exact implementation of this step must run; returns
-    step(batch) -> nan. It is a lower bound on the step time, not a way to train:
+    step(batch) -> nan (no loss: nothing trains). It is a lower bound on the step time, not a way to train:
 
       - every frozen linear of the blocks: the forward product and the gradient of its input
         (a frozen weight needs no gradient of its own; the first block's q, k, v need no input
@@ -239,10 +239,10 @@ def build_floor(folder, args):
             y.backward(torch.full_like(y, 0.01))
         return float("nan")
 
-    return step, 0
+    return step
 
 
-BUILDERS = {"ours": build_ours, "transformers": build_transformers, "floor": build_floor}
+BUILDERS = {"ours": build_ours, "transformers": build_transformers}
 LABELS = {"ours": "ours (model + lora)", "transformers": "transformers + peft",
           "floor": "floor: base matmuls + attention only"}
 
@@ -276,13 +276,9 @@ def measure_rss(args, argv) -> dict:
     results = {impl: [] for impl in IMPLS}
     for r in range(args.rss_repeats):
         for impl in IMPLS:
-            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", impl]
             print(f"peak RSS {r + 1}/{args.rss_repeats}: running {impl} alone in a child "
                   "process ...", flush=True)
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if done.returncode != 0:
-                raise SystemExit(f"the {impl} child failed:\n{done.stderr[-3000:]}")
-            results[impl].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            results[impl].append(run_child(__file__, argv, impl))
     return results
 
 
@@ -290,33 +286,6 @@ def rss_summary(reports: list[dict]) -> dict:
     peaks = [r["peak_rss_mb"] for r in reports]
     return {"peak_median": statistics.median(peaks), "peak_min": min(peaks), "peak_max": max(peaks),
             "after_imports": statistics.median(r["rss_after_import_mb"] for r in reports)}
-
-
-# ----------------------------------------------------------------------------- reporting
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def strip_child_flags(argv: list[str]) -> list[str]:
-    """The parent's flags, minus those a child must not inherit."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--json", "--child"):
-            skip = True
-            continue
-        if a.startswith(("--json=", "--child=")) or a == "--no-rss":
-            continue
-        out.append(a)
-    return out
 
 
 def main(argv=None):
@@ -329,7 +298,7 @@ def main(argv=None):
         return child(args)
 
     threads = torch.get_num_threads()
-    rss = {} if args.no_rss else measure_rss(args, strip_child_flags(argv))
+    rss = {} if args.no_rss else measure_rss(args, without_flags(argv, ("--json", "--child"), ("--no-rss",)))
 
     folder = model_folder(args)
     batches = make_batches(args, folder, args.warmup + args.steps)
@@ -338,7 +307,7 @@ def main(argv=None):
     for impl in IMPLS:
         torch.manual_seed(args.seed)
         steps[impl], trainable[impl] = BUILDERS[impl](folder, args)
-    steps["floor"], _ = build_floor(folder, args)
+    steps["floor"] = build_floor(folder, args)
     timed_sides = (*IMPLS, "floor")
     shapes = [tuple(b["input_ids"].shape) for b in batches]
     print(f"torch threads: {threads}; trainable parameters: "

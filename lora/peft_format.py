@@ -6,10 +6,18 @@
 
 Our module names are HF's without the leading "model." (see model/llama.py), so the mapping is
 one prefix: "layers.0..." <-> "base_model.model.model.layers.0...".
+
+Beside them, base_model.json records the base the adapter was trained on (model/identity.py):
+peft never reads it, and loading compares it with the base actually loaded, warning once on
+stderr when they differ. Adapters without it (older runs, adapters made with peft) load without
+a word: there is nothing to compare, and a note on every hub adapter would teach people to skip
+warnings. (base_model_name_or_path in adapter_config.json is only peft's hint where to fetch the
+base from, not a check: the embedded default has no hub id of its own.)
 """
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -18,10 +26,12 @@ from safetensors.torch import load_file, save_file
 
 from lora.inject import LoRAConfig, inject, lora_modules
 from model.errors import UserError
+from model.identity import FINGERPRINT_VERSION, base_identity
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+BASE_RECORD_NAME = "base_model.json"
 
 
 def _peft_key(module_name: str, which: str) -> str:
@@ -29,8 +39,10 @@ def _peft_key(module_name: str, which: str) -> str:
     return f"{PEFT_PREFIX}{hf_name}.{which}.weight"
 
 
-def save_adapter(model, folder: str | os.PathLike, base_model: str | None = None):
-    """Writes adapter_config.json + adapter_model.safetensors (atomically, file by file)."""
+def save_adapter(model, folder: str | os.PathLike, base_model: str | None = None,
+                 identity: dict | None = None):
+    """Writes adapter_config.json + adapter_model.safetensors (atomically, file by file), and
+    base_model.json when given the base's identity (model.identity.base_identity)."""
     cfg: LoRAConfig = model.lora_config
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,9 +62,45 @@ def save_adapter(model, folder: str | os.PathLike, base_model: str | None = None
     tmp = folder / (WEIGHTS_NAME + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, folder / WEIGHTS_NAME)
-    tmp = folder / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, folder / CONFIG_NAME)
+    if identity is not None:
+        _write_json(folder / BASE_RECORD_NAME, identity)
+    _write_json(folder / CONFIG_NAME, config)
+
+
+def _write_json(path: Path, obj: dict):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)                   # a rename: readers see the old file or the new one
+
+
+def check_base(model, folder: str | os.PathLike) -> bool:
+    """Warns on stderr (one line) when the adapter's recorded base is not the model's; returns
+    whether it warned. Silent when either side is unknown: no base_model.json, or a model not
+    built by load_model (no source_dir)."""
+    path = Path(folder) / BASE_RECORD_NAME
+    source_dir = getattr(model, "source_dir", None)
+    if not path.is_file() or source_dir is None:
+        return False
+    try:
+        recorded = json.loads(path.read_text())
+        recorded_name, recorded_print = str(recorded["name"]), recorded["fingerprint"]
+        comparable = recorded.get("fingerprint_version") == FINGERPRINT_VERSION
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        print(f"warning: {path}: unreadable ({type(e).__name__}: {e}); the adapter's base model "
+              "cannot be checked", file=sys.stderr)
+        return True
+    if not comparable:      # written by another version of the fingerprint: nothing to compare
+        return False
+    actual = base_identity(source_dir)
+    if actual["fingerprint"] == recorded_print:
+        return False
+    trained_on, loaded_onto = recorded_name, actual["name"]
+    if trained_on == loaded_onto:   # same name, other weights: the fingerprints tell them apart
+        trained_on += f" (fingerprint {recorded_print[:12]})"
+        loaded_onto += f" (fingerprint {actual['fingerprint'][:12]})"
+    print(f"warning: adapter {folder} was trained on {trained_on} but is being loaded onto "
+          f"{loaded_onto}; its answers may be wrong", file=sys.stderr)
+    return True
 
 
 def read_adapter_config(folder: str | os.PathLike) -> LoRAConfig:
@@ -89,7 +137,8 @@ def read_adapter_config(folder: str | os.PathLike) -> LoRAConfig:
 
 def load_adapter(model, folder: str | os.PathLike):
     """Injects LoRA as the adapter's config says and fills it with the adapter's weights.
-    A wrong base (other shapes or layers) or a wrong r is refused with the tensor's name."""
+    A wrong base (other shapes or layers) or a wrong r is refused with the tensor's name; a base
+    of the same shapes other than the one recorded in base_model.json gets a warning."""
     folder = Path(folder)
     cfg = read_adapter_config(folder)
     path = folder / WEIGHTS_NAME
@@ -124,4 +173,5 @@ def load_adapter(model, folder: str | os.PathLike):
                                 f"needs {tuple(param.shape)} ({hint})")
             param.copy_(got.to(param.dtype))
     model.requires_grad_(False)
+    check_base(model, folder)   # after the shape checks: a refused adapter needs no warning too
     return cfg

@@ -10,6 +10,7 @@ import sys
 
 from synth.dedup import DEFAULT_THRESHOLD
 from synth.errors import SynthError
+from synth.examples import read_examples
 from synth.patients import run_patients
 from synth.prompts import DEFAULT_INSTRUCTION
 from synth.refine import run_refine
@@ -28,8 +29,14 @@ A run that stops (Ctrl-C, a crash, a kill) is continued by running the same comm
 ids already in --out, or in its rejected file, are skipped. Rows that failed after every retry
 are written nowhere, so the rerun tries them again.
 
-exit status: 0 done; 1 some rows failed after every retry (rerun to retry them); 2 bad input
-or a refusal (no key, key rejected, unknown model), printed as one line; 130 interrupted.
+A dead server ends the run early instead of costing every row its retries: a refused
+connection at once ("nothing listening at URL"), a server that keeps failing after
+--max-consecutive-failures failed requests in a row. --deadline stops starting new work.
+
+exit status: 0 done; 1 some rows failed after every retry, or were not done by --deadline
+(rerun to do them); 2 bad input, a refusal (no key, key rejected, unknown model), nothing
+listening at --base-url, or too many failed requests in a row, printed as one line (the rows
+written so far are kept); 130 interrupted.
 """
 
 
@@ -106,6 +113,16 @@ def _common_flags(temperature: float) -> argparse.ArgumentParser:
                       metavar="SECONDS", help="longest single wait (default: %(default)s)")
     conn.add_argument("--concurrency", type=_positive_int, default=4,
                       help="requests in flight at once (default: %(default)s)")
+    conn.add_argument("--max-consecutive-failures", type=_non_negative_int, default=10,
+                      metavar="K", help="stop the run once K requests in a row have failed, "
+                      "counted over all rows (any success resets the count): the server is "
+                      "down or the model cannot do the task. Keep it above --max-retries + 1, "
+                      "so that one request's own retries cannot trip it; 0 never stops "
+                      "(default: %(default)s)")
+    conn.add_argument("--deadline", type=_non_negative_float, default=None, metavar="SECONDS",
+                      help="start no new row or request this many seconds after the start; "
+                           "requests in flight finish, rows that need another request are "
+                           "left for a rerun (default: no deadline)")
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--temperature", type=_non_negative_float, default=temperature,
                           help="sampling temperature (default: %(default)s)")
@@ -185,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rounds", type=_non_negative_int, default=3,
                    help="most rewrites per answer; each rewrite is scored again "
                         "(default: %(default)s)")
+    p.add_argument("--evaluator-examples", default=None, metavar="FILE",
+                   help="JSONL of worked examples, one {\"patient\", \"answer\", \"verdict\"} "
+                        "a line, shown to the evaluator as earlier turns before each answer it "
+                        "scores; lets a small model copy the reply format (synth/README.md)")
     p.add_argument("--min-score", type=_score, default=0.0,
                    help="rows whose best score stays below this go to the rejected file "
                         "(default: %(default)s, keep all)")
@@ -216,7 +237,9 @@ def settings_from(args) -> Settings:
                     max_tokens=args.max_tokens, seed=args.seed, timeout=args.timeout,
                     retry=RetryPolicy(args.max_retries, args.retry_base_delay,
                                       args.retry_max_delay),
-                    concurrency=args.concurrency, dry_run=args.dry_run,
+                    concurrency=args.concurrency,
+                    max_consecutive_failures=args.max_consecutive_failures,
+                    deadline=args.deadline, dry_run=args.dry_run,
                     price_in=args.price_in, price_out=args.price_out)
 
 
@@ -233,10 +256,11 @@ def run(args):
                               check_safety=not args.no_safety_check,
                               keep_unsafe=args.keep_unsafe)
     else:
+        examples = read_examples(args.evaluator_examples) if args.evaluator_examples else ()
         summary = run_refine(settings, in_path, evaluator_model=args.evaluator_model,
                              threshold=args.threshold, max_rounds=args.max_rounds,
                              min_score=args.min_score, check_safety=not args.no_safety_check,
-                             keep_unsafe=args.keep_unsafe)
+                             keep_unsafe=args.keep_unsafe, examples=examples)
     if not settings.dry_run:
         print_summary(summary, settings, args.out)
     return summary
@@ -252,4 +276,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synth: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
-    return 1 if summary.failed else 0  # rows are missing: a script should notice
+    return 1 if summary.failed or summary.unfinished else 0  # rows are missing: a script should notice

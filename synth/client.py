@@ -1,7 +1,8 @@
 """One chat call to any OpenAI-compatible server: key and URL resolution, retries, usage.
 
-The three refusals that no retry can fix become SynthError with one sentence (the CLI prints
-it and exits with status 2): no key, a rejected key (401/403), an unknown model or path (404).
+The refusals that no retry can fix become SynthError with one sentence (the CLI prints it and
+exits with status 2): no key, a rejected key (401/403), an unknown model or path (404), nothing
+listening at the URL (connection refused), and too many failed requests in a row (breaker.py).
 """
 
 import dataclasses
@@ -14,15 +15,18 @@ from urllib.parse import urlsplit
 
 import openai
 
+from synth.breaker import CircuitBreaker
 from synth.cost import UsageMeter
 from synth.errors import BadReply, SynthError
-from synth.retry import RetryPolicy, call_with_retries
+from synth.retry import RetryPolicy, call_with_retries, describe, is_refused
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 T = TypeVar("T")
 
 LOCAL_PLACEHOLDER_KEY = "no-key-needed-locally"  # the client insists on some key
+# Refusals that end the run at once (chat() turns each into a SynthError).
+FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
 
 def is_local(base_url: str) -> bool:
@@ -67,14 +71,20 @@ class ChatClient:
     """chat(messages, sampling) -> the reply text, retried; tokens go to `usage`.
 
     One instance is shared by all worker threads (the underlying HTTP client is thread-safe).
-    Setting `stop` makes every worker give up at its next attempt.
+    Setting `stop` makes every worker give up at its next attempt. Every attempt's outcome goes
+    to `breaker`; `time_left()` (seconds before --deadline) stops new attempts once it is 0.
     """
 
-    def __init__(self, connection: Connection, usage: UsageMeter, log: Callable[[str], None]):
+    def __init__(self, connection: Connection, usage: UsageMeter, log: Callable[[str], None],
+                 *, breaker: CircuitBreaker | None = None,
+                 time_left: Callable[[], float] | None = None):
         self.connection = connection
         self.usage = usage
         self.log = log
         self.stop = threading.Event()
+        self.breaker = breaker or CircuitBreaker(0)
+        self.time_left = time_left
+        # max_retries=0: the openai client's own retries would multiply ours (retry.py).
         self._client = openai.OpenAI(base_url=connection.base_url, api_key=connection.api_key,
                                      timeout=connection.timeout, max_retries=0)
 
@@ -108,12 +118,34 @@ class ChatClient:
             n = next(attempts)
             seeded = sampling if sampling.seed is None or n == 0 else \
                 dataclasses.replace(sampling, seed=sampling.seed + n)
-            return self._once(messages, seeded, parse)
+            try:
+                result = self._once(messages, seeded, parse)
+            except FATAL:
+                raise  # ends the run below; says nothing about the server's health
+            except Exception as error:
+                if is_refused(error):
+                    raise
+                if self.breaker.failure():
+                    self.stop.set()  # the other workers make no further attempt
+                    raise SynthError(
+                        f"stopped after {self.breaker.limit} failed requests in a row to {url} "
+                        f"(the last: {describe(error)}; --max-consecutive-failures); the rows "
+                        "written so far are kept, so rerun the same command once the server "
+                        "answers.") from None
+                raise
+            self.breaker.success()
+            return result
 
         try:
             return call_with_retries(attempt,
                                      self.connection.retry, what=what, log=self.log,
-                                     stop=self.stop)
+                                     stop=self.stop, time_left=self.time_left)
+        except openai.APIConnectionError as error:
+            if is_refused(error):
+                self.stop.set()
+                raise SynthError(f"nothing listening at {url} (connection refused); start the "
+                                 "server or fix --base-url, then rerun.") from None
+            raise
         except openai.AuthenticationError:
             raise SynthError(f"the server at {url} rejected the API key (HTTP 401); check "
                              "--api-key or OPENAI_API_KEY.") from None

@@ -4,6 +4,9 @@ Three voices: the patient writer (stage `patients`), the psychologist (`respond`
 rewrites in `refine`), and the expert evaluator (`refine`).
 """
 
+from typing import Sequence
+
+from synth.examples import WorkedExample
 from synth.personas import Persona
 
 # The seed project's instruction, kept word for word so synthetic rows match its data.
@@ -49,9 +52,21 @@ EVALUATOR_SYSTEM = (
 )
 
 
-def evaluator_messages(patient_message: str, answer: str) -> list[dict]:
-    user = f"Patient's message:\n{patient_message}\n\nAssistant's answer:\n{answer}"
-    return [{"role": "system", "content": EVALUATOR_SYSTEM}, {"role": "user", "content": user}]
+def _review_request(patient_message: str, answer: str) -> dict:
+    return {"role": "user",
+            "content": f"Patient's message:\n{patient_message}\n\nAssistant's answer:\n{answer}"}
+
+
+def evaluator_messages(patient_message: str, answer: str,
+                       examples: Sequence[WorkedExample] = ()) -> list[dict]:
+    """[system, (example request, its verdict)..., the request]: worked examples
+    (--evaluator-examples) come as earlier turns, in the same words as the real request."""
+    shown = []
+    for example in examples:
+        shown.append(_review_request(example.patient, example.answer))
+        shown.append({"role": "assistant", "content": example.verdict})
+    return [{"role": "system", "content": EVALUATOR_SYSTEM}, *shown,
+            _review_request(patient_message, answer)]
 
 
 def rewrite_messages(instruction: str, patient_message: str, answer: str,

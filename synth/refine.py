@@ -7,10 +7,14 @@
 Every round is kept in "rounds" ({"text", "feedback", "score", "model"}) and its score in
 "scores". "output" is the best-scoring round's text (the latest of equal scores), "round" says
 which round that was and "model" who wrote it; "evaluator_model" names the judge. With
---min-score, a row whose best score stays below it goes to the rejected file.
+--min-score, a row whose best score stays below it goes to the rejected file. With
+--evaluator-examples, every evaluate request shows those worked examples first (examples.py).
 """
 
+from typing import Sequence
+
 from synth.client import ChatClient
+from synth.examples import WorkedExample
 from synth.jsonl import read_input_rows
 from synth.prompts import DEFAULT_INSTRUCTION, evaluator_messages, rewrite_messages
 from synth.runner import (Settings, Summary, Verdict, open_outputs, print_dry_run, run_jobs,
@@ -23,7 +27,7 @@ STALE_KEYS = ("safety", "rejected_reason")  # about the answer before refinement
 
 def run_refine(settings: Settings, in_path: str, *, evaluator_model: str | None,
                threshold: float, max_rounds: int, min_score: float, check_safety: bool,
-               keep_unsafe: bool) -> Summary:
+               keep_unsafe: bool, examples: Sequence[WorkedExample] = ()) -> Summary:
     rows = read_input_rows(in_path, need_output=True)
     out, rejected, done = open_outputs(settings.out)
     todo = [row for row in rows if row["id"] not in done]
@@ -31,7 +35,7 @@ def run_refine(settings: Settings, in_path: str, *, evaluator_model: str | None,
     evaluator_model = evaluator_model or settings.model
 
     def evaluate(client: ChatClient, job: dict, answer: str, round_no: int) -> Evaluation:
-        return client.chat(evaluator_messages(job["input"], answer),
+        return client.chat(evaluator_messages(job["input"], answer, examples),
                            settings.sampling(evaluator_model),
                            what=f"{job['id']} evaluate round {round_no}", parse=parse_evaluation)
 
@@ -59,8 +63,8 @@ def run_refine(settings: Settings, in_path: str, *, evaluator_model: str | None,
 
     if settings.dry_run:
         print("(only each row's first evaluation is shown: rewrites depend on the replies)")
-        print_dry_run(todo, lambda job: evaluator_messages(job["input"], job["output"]),
-                      "refine")
+        print_dry_run(todo, lambda job: evaluator_messages(job["input"], job["output"],
+                                                           examples), "refine")
         return summary
     safety = safety_judge(check=check_safety, keep_unsafe=keep_unsafe)
 

@@ -3,7 +3,8 @@ retries are switched off with max_retries=0 so there is exactly one retry policy
 
 Worth retrying: 408/409/429 and 5xx answers, timeouts, dropped connections, a body that is not
 JSON, and a reply we could not use (errors.BadReply). Not worth it: 401/403/404 and other 4xx,
-which fail the same way every time.
+which fail the same way every time, and a refused connection: nothing listens at that address,
+so asking again only burns minutes of backoff (a connection dropped mid-request is retried).
 """
 
 import json
@@ -29,7 +30,21 @@ class RetryPolicy:
     max_delay: float = 60.0    # no single wait is longer than this
 
 
+def is_refused(error: BaseException) -> bool:
+    """True when the connection was refused: openai's APIConnectionError wraps httpx's
+    ConnectError, which wraps the socket's ConnectionRefusedError somewhere down the chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def is_retryable(error: BaseException) -> bool:
+    if is_refused(error):
+        return False
     if isinstance(error, (openai.APIConnectionError, json.JSONDecodeError, BadReply)):
         return True  # APITimeoutError is an APIConnectionError
     if isinstance(error, openai.APIStatusError):
@@ -63,7 +78,7 @@ def describe(error: BaseException) -> str:
     if isinstance(error, openai.APITimeoutError):
         return "timeout"
     if isinstance(error, openai.APIConnectionError):
-        return "connection dropped"
+        return "connection refused" if is_refused(error) else "connection dropped"
     if isinstance(error, json.JSONDecodeError):
         return "malformed JSON body"
     return str(error) or type(error).__name__
@@ -73,21 +88,32 @@ class Cancelled(Exception):
     """The run is stopping (a fatal error elsewhere, or Ctrl-C); no more attempts are made."""
 
 
+class DeadlineReached(Cancelled):
+    """--deadline has passed: no new request starts, so the row is left for a rerun."""
+
+
 def call_with_retries(call: Callable[[], T], policy: RetryPolicy, *, what: str,
-                      log: Callable[[str], None], stop: threading.Event | None = None) -> T:
+                      log: Callable[[str], None], stop: threading.Event | None = None,
+                      time_left: Callable[[], float] | None = None) -> T:
     """call(), retried on retryable errors; the last error is raised when retries run out.
 
-    `stop` cuts the waiting short: once it is set, no further attempt is made.
+    `stop` cuts the waiting short: once it is set, no further attempt is made. `time_left()`
+    is the seconds before the run's deadline: no attempt starts once it is 0, and a retry whose
+    backoff would end after it is not waited for.
     """
     for attempt in range(policy.max_retries + 1):
         if stop is not None and stop.is_set():
             raise Cancelled()
+        if time_left is not None and time_left() <= 0:
+            raise DeadlineReached()
         try:
             return call()
         except Exception as error:
             if not is_retryable(error) or attempt == policy.max_retries:
                 raise
             delay = backoff_delay(attempt, policy, error)
+            if time_left is not None and delay >= time_left():
+                raise DeadlineReached() from error
             log(f"{what}: {describe(error)}; retry {attempt + 1}/{policy.max_retries} "
                 f"in {delay:.1f}s")
             if stop is not None:

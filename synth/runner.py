@@ -9,13 +9,18 @@ row, append it, and report.
 Only the main thread writes files and judges rows, so neither needs a lock. A row whose
 requests keep failing after every retry is counted as failed and written nowhere: running the
 same command again tries it again. A refusal no retry can fix (SynthError: bad key, unknown
-model) stops the whole run at once.
+model, nothing listening, too many failed requests in a row) stops the whole run at once.
+
+After --deadline seconds no new row and no new request starts: a request in flight finishes,
+a row that needs another one is left undone, and the run ends with the rows not done counted
+as unfinished (a rerun does them).
 """
 
 import json
 import queue
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
@@ -23,13 +28,15 @@ from typing import Callable, Iterable, Iterator
 import openai
 from tqdm import tqdm
 
+from synth.breaker import CircuitBreaker
 from synth.client import ChatClient, Connection, Sampling
 from synth.cost import UsageMeter
 from synth.errors import BadReply
 from synth.jsonl import AppendOnlyJsonl
-from synth.retry import RetryPolicy
+from synth.retry import DeadlineReached, RetryPolicy
 
 ROW_FAILURES = (openai.APIError, json.JSONDecodeError, BadReply)  # after retries: skip the row
+clock = time.monotonic  # seconds; tests put a fake clock here to pass --deadline without waiting
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Settings:
     timeout: float = 120.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     concurrency: int = 4
+    max_consecutive_failures: int = 10  # 0: never stop for failed requests
+    deadline: float | None = None       # seconds after the start; None: no deadline
     dry_run: bool = False
     price_in: float | None = None
     price_out: float | None = None
@@ -75,6 +84,7 @@ class Summary:
     failed: int = 0    # gave up after every retry; a rerun tries them again
     rejected: int = 0  # sent to the rejected file (unsafe, near-duplicate, low score)
     flagged: int = 0   # unsafe but kept, because of --keep-unsafe
+    unfinished: int = 0  # not done when --deadline passed; a rerun does them
     local: bool = False  # the server was on this machine: no cost
     usage: UsageMeter = field(default_factory=UsageMeter)
 
@@ -170,14 +180,27 @@ def run_jobs(settings: Settings, stage: str, jobs: Iterator[dict], *,
         return summary  # nothing left to do: no key or server needed
     connection = Connection.resolve(settings.base_url, settings.api_key,
                                     timeout=settings.timeout, retry=settings.retry)
-    client = ChatClient(connection, summary.usage, log)
+    time_left = None
+    if settings.deadline is not None:
+        deadline_at = clock() + settings.deadline
+        time_left = lambda: deadline_at - clock()  # noqa: E731 - read by every worker
+    client = ChatClient(connection, summary.usage, log,
+                        breaker=CircuitBreaker(settings.max_consecutive_failures),
+                        time_left=time_left)
     summary.local = connection.local
     bar = tqdm(total=total, desc=stage, unit="row", disable=None)  # None: off when not a tty
     pool = DaemonPool(settings.concurrency, lambda job: work(job, client))
+    past_deadline = False
 
     def top_up() -> None:
+        nonlocal past_deadline
         while pool.in_flight < settings.concurrency:
-            if want is not None and summary.written + pool.in_flight >= want:
+            # A failed row counts against `want` too: it is not replaced by another candidate,
+            # so a server that fails some rows costs at most `want` rows' retries.
+            if want is not None and summary.written + summary.failed + pool.in_flight >= want:
+                return
+            if time_left is not None and time_left() <= 0:
+                past_deadline = True
                 return
             job = next(jobs, None)
             if job is None:
@@ -188,7 +211,10 @@ def run_jobs(settings: Settings, stage: str, jobs: Iterator[dict], *,
         top_up()
         while pool.in_flight:
             job, row, error = pool.next_result()
-            if isinstance(error, ROW_FAILURES):
+            if isinstance(error, DeadlineReached):
+                past_deadline = True  # counted with the rows never started, below
+                log(f"{job['id']}: left undone at the --deadline; a rerun will do it")
+            elif isinstance(error, ROW_FAILURES):
                 summary.failed += 1
                 log(f"{job['id']}: gave up ({type(error).__name__}: {error}); "
                     "a rerun will try it again")
@@ -205,6 +231,11 @@ def run_jobs(settings: Settings, stage: str, jobs: Iterator[dict], *,
                     summary.rejected += 1
             bar.update(1)
             top_up()
+        if past_deadline:
+            # Every job ends written, rejected, failed or undone; for `patients`, rejected
+            # candidates are replaced, so only written and failed ones count towards `want`.
+            done = summary.written + summary.failed + (0 if want is not None else summary.rejected)
+            summary.unfinished = max(0, total - done)
     except BaseException:  # including Ctrl-C: no worker starts another attempt
         client.stop.set()
         raise
@@ -224,6 +255,8 @@ def print_summary(summary: Summary, settings: Settings, out: str) -> None:
              f"skipped (already done): {summary.skipped}",
              f"failed (rerun to retry): {summary.failed}",
              f"rejected: {summary.rejected} to {rejected_path(out)}"]
+    if summary.unfinished:
+        lines.append(f"not done when --deadline passed (rerun to continue): {summary.unfinished}")
     if summary.flagged:
         lines.append(f"flagged unsafe but kept (--keep-unsafe): {summary.flagged}")
     lines.append(f"tokens: {prompt} prompt + {completion} completion")

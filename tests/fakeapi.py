@@ -17,6 +17,9 @@ of `schedule` (then "ok" once the schedule runs out) and answers with it:
     "401"        invalid API key
     "404"        model not found
 
+`fault_for(body)` picks a fault from the request itself, so a test can fail some rows every
+time whatever order they arrive in; when it returns None the schedule decides.
+
 Independently of the schedule, a request whose model is not in `models` gets a 404 and one
 whose bearer token differs from `api_key` (when one is set) gets a 401, as real servers do.
 Usage is reported as word counts (prompt: all messages; completion: the reply) and summed in
@@ -41,7 +44,7 @@ def echo_reply(messages: list[dict], model: str) -> str:
 
 class FakeAPI:
     def __init__(self, schedule=(), reply=echo_reply, models=("fake-model",), api_key=None,
-                 delay=0.0, slow_seconds=2.0):
+                 delay=0.0, slow_seconds=2.0, fault_for=None):
         for fault in schedule:
             if fault not in FAULTS:
                 raise ValueError(f"unknown fault {fault!r}; use one of {FAULTS}")
@@ -51,6 +54,7 @@ class FakeAPI:
         self.api_key = api_key
         self.delay = delay
         self.slow_seconds = slow_seconds
+        self.fault_for = fault_for
         self.requests: list[dict] = []   # POST bodies, in arrival order
         self.served: list[str] = []      # the fault (or "ok") each request was answered with
         self.usage_sent = [0, 0]         # prompt, completion tokens reported in "ok" replies
@@ -80,9 +84,12 @@ class FakeAPI:
 
     def next_fault(self, body: dict) -> str:
         """Record a request and pick how to answer it (under a lock: handlers run in threads)."""
+        chosen = self.fault_for(body) if self.fault_for is not None else None
+        if chosen is not None and chosen not in FAULTS:
+            raise ValueError(f"fault_for gave unknown fault {chosen!r}; use one of {FAULTS}")
         with self._lock:
             self.requests.append(body)
-            fault = self.schedule.pop(0) if self.schedule else "ok"
+            fault = chosen or (self.schedule.pop(0) if self.schedule else "ok")
             self.served.append(fault)
             return fault
 

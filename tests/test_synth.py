@@ -28,8 +28,9 @@ from tests.fakeapi import FakeAPI
 REPO = Path(__file__).resolve().parent.parent
 RETRYABLE_FAULTS = ["429", "500", "timeout", "malformed", "drop"]
 # As many retries as scheduled faults (3 x 5): no row can run out of retries, whatever order
-# the threads meet the faults in. 401 and 404 end a run, so they have tests of their own.
-ENOUGH_RETRIES = ["--max-retries", "15"]
+# the threads meet the faults in, and a circuit breaker that 15 failures in a row do not trip.
+# 401 and 404 end a run, so they have tests of their own.
+ENOUGH_RETRIES = ["--max-retries", "15", "--max-consecutive-failures", "16"]
 FAST = ["--model", "fake-model", "--timeout", "10", "--retry-base-delay", "0.001",
         "--retry-max-delay", "0.01"]
 TIMEOUT_FAULT = ["--timeout", "0.5"]  # with FakeAPI(slow_seconds=1.0): a "timeout" times out

@@ -20,9 +20,9 @@ from its checkpoint. Delete a stage's output to run it (and, by hand, the later 
 The server is started only while a synth stage needs it, and always stopped.
 
 Be clear about what this shows. A 135M model is a weak psychologist and a weaker evaluator: it
-does not follow the evaluator's JSON instructions on its own, so the refine requests are shown
-two short worked examples first (EVALUATOR_EXAMPLES; --no-evaluator-examples sends them
-unchanged), and even then its scores say little about quality. The point is that every stage
+does not follow the evaluator's JSON instructions on its own, so refine shows it two short
+worked examples first (`--evaluator-examples synth/evaluator_examples.jsonl`;
+--no-evaluator-examples leaves them out), and even then its scores say little about quality. The point is that every stage
 runs end to end, offline, with the same commands a larger model or a real API would use.
 """
 
@@ -33,22 +33,19 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file: the project's packages import from the root
 
 from model.errors import UserError  # noqa: E402
-from synth.prompts import evaluator_messages  # noqa: E402
+from synth.examples import read_examples  # noqa: E402
+from synth.scoring import parse_evaluation  # noqa: E402
 
 SERVED_MODEL = "SmolLM2-135M-Instruct"             # the name generate.py --serve reports
-EVALUATOR_MODEL = SERVED_MODEL + "-with-examples"  # refine's evaluator: the same model, shown examples
 STAGES = ("patients", "respond", "refine", "train", "evaluate")
 SYNTH_STAGES = ("patients", "respond", "refine")
 SYNTH_FILES = {"patients": "patients.jsonl", "respond": "answers.jsonl", "refine": "refined.jsonl"}
@@ -56,19 +53,7 @@ SERVER_START_S = 600  # a model load on two busy cores can take minutes
 
 # Two worked verdicts, written for this loop, with the score first: a small model copies the
 # shape of what it has just seen far more reliably than it follows a description of it.
-EVALUATOR_EXAMPLES = [
-    ("Since my best friend moved away I spend every evening alone and I've stopped cooking.",
-     "You should get out more.",
-     {"score": 30, "feedback": "Acknowledge how lonely the evenings feel before advising; "
-                               "suggest one small, concrete step, such as a weekly call with "
-                               "the friend or a local class."}),
-    ("I get so nervous before presentations that my hands shake.",
-     "That sounds really stressful, and shaking hands are a very common sign of nerves. Slow "
-     "breathing before you start and practising out loud with a friend can help. If the fear "
-     "starts to stop you from working, a counsellor can teach you techniques that work well.",
-     {"score": 90, "feedback": "Warm and practical; it could ask what the presentations are "
-                               "for, to make the advice more specific."}),
-]
+EVALUATOR_EXAMPLES = ROOT / "synth" / "evaluator_examples.jsonl"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-unsafe", action="store_true",
                    help="keep rows the safety check flags (marked) instead of rejecting them")
     p.add_argument("--evaluator-examples", action=argparse.BooleanOptionalAction, default=True,
-                   help="show the evaluator two worked verdicts before each answer it scores "
-                        "(default: on; without them the 135M model rarely writes a score)")
+                   help="show the evaluator the two worked verdicts of "
+                        "synth/evaluator_examples.jsonl before each answer it scores (synth "
+                        "refine --evaluator-examples; default: on; without them the 135M model "
+                        "rarely writes a score)")
     p.add_argument("--train-steps", type=int, default=10,
                    help="optimizer steps of train.py on the refined rows (default: %(default)s)")
     p.add_argument("--eval-data", default="data/sample/eval.jsonl",
@@ -202,61 +189,6 @@ def model_server(port: int, max_new_tokens: int, log_path: Path):
                 proc.wait()
 
 
-def with_examples(messages: list[dict]) -> list[dict]:
-    """An evaluator request with EVALUATOR_EXAMPLES as earlier turns, after the system message:
-    [system, user, verdict, user, verdict, the real user message]."""
-    shown = []
-    for patient, answer, verdict in EVALUATOR_EXAMPLES:
-        shown.append(evaluator_messages(patient, answer)[1])  # the same wording as the real one
-        shown.append({"role": "assistant", "content": json.dumps(verdict)})
-    return messages[:1] + shown + messages[1:]
-
-
-@contextmanager
-def evaluator_proxy(upstream: str, timeout: float):
-    """A pass-through HTTP proxy in front of the model server; yields its URL. Requests for
-    EVALUATOR_MODEL get the worked examples added; every other request (patients, answers,
-    rewrites) goes through unchanged. The server itself ignores the model name."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                request = json.loads(body)
-            except json.JSONDecodeError:
-                request = None  # the server answers it with its own error
-            if isinstance(request, dict) and request.get("model") == EVALUATOR_MODEL \
-                    and isinstance(request.get("messages"), list):
-                request["messages"] = with_examples(request["messages"])
-                body = json.dumps(request).encode()
-            forward = urllib.request.Request(upstream + self.path, data=body,
-                                             headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(forward, timeout=timeout) as response:
-                    status, data = response.status, response.read()
-            except urllib.error.HTTPError as error:
-                status, data = error.code, error.read()
-            except OSError:  # the server is gone or too slow: the row fails, a rerun retries it
-                status, data = 502, b'{"error": {"message": "the model server did not answer"}}'
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, args=(0.1,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 # ---------------------------------------------------------------------------- the stages
 
 def rejected_name(name: str) -> str:
@@ -276,11 +208,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def synth_stage(stage: str, args, out: Path, base_url: str):
-    """One synth stage into OUT/partial/ (where synth itself resumes), then moved to OUT/."""
-    name = SYNTH_FILES[stage]
-    partial = out / "partial" / name
-    partial.parent.mkdir(parents=True, exist_ok=True)
+def synth_command(stage: str, args, out: Path, base_url: str) -> list[str]:
+    """The `python -m synth STAGE ...` arguments of one stage, writing to OUT/partial/."""
+    partial = out / "partial" / SYNTH_FILES[stage]
     # --concurrency 1: the server answers one request at a time. --max-retries 0: the server
     # honours the seed synth sends, so asking again gets the same reply.
     cmd = ["-m", "synth", stage, "--out", str(partial), "--base-url", base_url + "/v1",
@@ -294,8 +224,17 @@ def synth_stage(stage: str, args, out: Path, base_url: str):
         cmd += ["--in", str(out / SYNTH_FILES[previous])]
         cmd += ["--keep-unsafe"] if args.keep_unsafe else []
     if stage == "refine":
-        cmd += ["--threshold", str(args.threshold), "--max-rounds", str(args.max_rounds),
-                "--evaluator-model", EVALUATOR_MODEL if args.evaluator_examples else SERVED_MODEL]
+        cmd += ["--threshold", str(args.threshold), "--max-rounds", str(args.max_rounds)]
+        cmd += ["--evaluator-examples", str(EVALUATOR_EXAMPLES)] if args.evaluator_examples else []
+    return cmd
+
+
+def synth_stage(stage: str, args, out: Path, base_url: str):
+    """One synth stage into OUT/partial/ (where synth itself resumes), then moved to OUT/."""
+    name = SYNTH_FILES[stage]
+    partial = out / "partial" / name
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    cmd = synth_command(stage, args, out, base_url)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
     code = run_cli(cmd, env)
     if code == 130:
@@ -343,6 +282,11 @@ def evaluate_stage(args, out: Path, eval_data: Path):
 
 
 # ---------------------------------------------------------------------------- the summary
+
+def example_scores() -> list[float]:
+    """The scores of the worked verdicts refine shows the evaluator."""
+    return [parse_evaluation(e.verdict).score for e in read_examples(str(EVALUATOR_EXAMPLES))]
+
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
@@ -392,7 +336,7 @@ def summarize(out: Path, threshold: float, timings: dict[str, float]) -> str:
         "  (the kept draft is the best-scoring one, so its mean cannot be lower than the first's)",
         f"- kept answers that repeat the patient's opening words: {echoes} of {len(refined)}",
         f"- every score the evaluator gave: {', '.join(f'{s:g}' for s in given) or 'none'} "
-        f"(the worked examples show {', '.join(str(v['score']) for *_, v in EVALUATOR_EXAMPLES)})",
+        f"(the worked examples show {', '.join(f'{s:g}' for s in example_scores())})",
         "",
         f"Training (train.py, {steps} steps on {len(refined)} refined rows):",
         f"- eval loss on the held-out rows: before {_num(losses[0] if losses else None, '.4f')} "
@@ -463,12 +407,11 @@ def main(argv=None):
     if synth_todo:
         print("\n== server start", flush=True)
         t0 = time.perf_counter()
-        with model_server(args.port, args.max_tokens, out / "server.log") as server_url, \
-                evaluator_proxy(server_url, args.timeout + 30) as proxy_url:
+        with model_server(args.port, args.max_tokens, out / "server.log") as server_url:
             timings["server start"] = time.perf_counter() - t0
             print(f"== server start: {timings['server start']:.0f} s ({server_url})", flush=True)
             for stage in synth_todo:
-                timed(stage, timings, synth_stage, stage, args, out, proxy_url)
+                timed(stage, timings, synth_stage, stage, args, out, server_url)
         print("(model server stopped)")
     if "train" in todo:
         timed("train", timings, train_stage, args, out, eval_data)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from synth.examples import read_examples
 from synth.scoring import parse_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +62,37 @@ def test_training_is_done_only_once_it_reached_the_asked_steps(tmp_path):
     assert loop.stage_done("train", tmp_path, train_steps=20) is False  # more steps asked for now
 
 
-def test_evaluator_requests_get_the_worked_examples_between_system_and_message():
-    messages = [{"role": "system", "content": "judge"}, {"role": "user", "content": "the answer"}]
-    shown = loop.with_examples(messages)
-    assert shown[0] == messages[0] and shown[-1] == messages[1]
-    assert [m["role"] for m in shown[1:-1]] == ["user", "assistant"] * len(loop.EVALUATOR_EXAMPLES)
-    # each worked verdict is one synth's own parser reads, with the example's score
-    scores = [parse_evaluation(m["content"]).score for m in shown[2:-1:2]]
-    assert scores == [verdict["score"] for _, _, verdict in loop.EVALUATOR_EXAMPLES]
+def loop_args(*argv: str):
+    return loop.build_parser().parse_args(list(argv))
+
+
+def test_refine_passes_the_worked_examples_file_to_synth_and_talks_to_the_server_directly(
+        tmp_path):
+    cmd = loop.synth_command("refine", loop_args(), tmp_path, "http://127.0.0.1:8000")
+    flag = cmd.index("--evaluator-examples")
+    assert Path(cmd[flag + 1]) == ROOT / "synth" / "evaluator_examples.jsonl"
+    assert cmd[cmd.index("--base-url") + 1] == "http://127.0.0.1:8000/v1"  # no proxy between
+    assert "--evaluator-model" not in cmd  # the served model judges, under its own name
+
+
+def test_no_evaluator_examples_leaves_the_flag_out(tmp_path):
+    cmd = loop.synth_command("refine", loop_args("--no-evaluator-examples"), tmp_path,
+                             "http://127.0.0.1:8000")
+    assert "--evaluator-examples" not in cmd
+
+
+def test_only_refine_gets_the_worked_examples(tmp_path):
+    for stage in ("patients", "respond"):
+        assert "--evaluator-examples" not in loop.synth_command(stage, loop_args(), tmp_path,
+                                                                "http://127.0.0.1:8000")
+
+
+def test_the_worked_examples_file_is_valid_and_its_scores_reach_the_summary():
+    examples = read_examples(str(loop.EVALUATOR_EXAMPLES))
+    assert len(examples) == 2
+    assert loop.example_scores() == [parse_evaluation(e.verdict).score for e in examples] \
+        == [30, 90]
+
+
+def test_the_summary_names_the_scores_the_worked_examples_show(tmp_path):
+    assert "(the worked examples show 30, 90)" in loop.summarize(tmp_path, 85.0, {})

@@ -170,3 +170,19 @@ def test_an_unreadable_base_record_is_named_and_the_adapter_still_loads(base_a, 
     (out / "base_model.json").write_text("{not json")
     load_model(base_a, adapter=out)
     assert "base_model.json: unreadable" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- train.py
+def test_a_train_run_folder_records_its_base(smollm2_dir, tmp_path):
+    import train
+    from tests.helpers import tiny_model_with_smollm2_tokenizer
+    base = tiny_model_with_smollm2_tokenizer(tmp_path / "base", smollm2_dir)
+    rows = [{"instruction": "Be kind.", "input": f"I feel tense about item {i}.",
+             "output": f"Thanks for telling me about {i}."} for i in range(6)]
+    data, held_out = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in rows[4:]))
+    out = tmp_path / "run"
+    train.main(["--model", str(base), "--data", str(data), "--eval-data", str(held_out), "--out", str(out),
+                "--max-len", "32", "--batch-size", "2", "--max-steps", "1", "--eval-every", "0"])
+    assert json.loads((out / "base_model.json").read_text()) == base_identity(base, str(base))

@@ -7,14 +7,14 @@
     python train.py --arch lstm                       # a char-LSTM baseline on the same data
 
 The run folder (--out) gets the adapter in PEFT format (adapter_config.json and
-adapter_model.safetensors), train_config.json, metrics.jsonl, loss.png and checkpoint.pt.
+adapter_model.safetensors), train_config.json, metrics.jsonl, loss.png, checkpoint.pt and
+state.json (the step the adapter was saved at; training/checkpoint.py keeps the two consistent).
 """
 
 import argparse
 import dataclasses
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from model.errors import UserError
+from training import checkpoint
+from training.checks import check_config
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -144,8 +146,8 @@ def load_preset(name: str) -> dict:
 
 def main(argv=None):
     cfg, resume = parse_args(argv)
+    check_config(cfg, resume)  # before any load, and before --out exists: a typo leaves no folder
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
@@ -156,8 +158,6 @@ def main(argv=None):
 
     if cfg.arch in ("rnn", "lstm"):
         return train_char_baseline(cfg, train_rows, eval_rows, out)
-    if cfg.arch != "llama":
-        raise UserError(f"--arch {cfg.arch}: choose llama, rnn or lstm")
     train_llm(cfg, train_rows, eval_rows, out, resume)
 
 
@@ -166,16 +166,20 @@ def train_char_baseline(cfg, train_rows, eval_rows, out):
     train_texts = [row_text(r.input, r.output) for r in train_rows]
     eval_texts = [row_text(r.input, r.output) for r in eval_rows]
     char_cfg = CharConfig(arch=cfg.arch, hidden=cfg.char_hidden, steps=cfg.char_steps, seed=cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
     result = train_char_model(train_texts, eval_texts, char_cfg, out)
     unigram = unigram_bits_per_char("".join(train_texts), "".join(eval_texts))
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     print(f"{cfg.arch}: validation {result['val_bpc']:.3f} bits/char (unigram baseline {unigram:.3f})")
+    print_outputs(out, [("model", "char_model.pt"), ("metrics", "metrics.jsonl"), ("config", "train_config.json")])
+    print(f"compare it with: python evaluate.py --variants base,{out}")
 
 
 def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
     from data import Batcher, build_examples, eval_batches, pad_id_for
     from lora import LoRAConfig, inject, save_adapter, save_merged
     from model import load_model, load_tokenizer
+    from model.identity import base_identity
     from model.loss import count_targets, target_nll
     from model.weights import DEFAULT_MODEL_ID, parse_dtype, resolve_model_dir
 
@@ -185,11 +189,14 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
         cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") \
             if device.type == "cuda" else "float32"
     dtype = parse_dtype(cfg.dtype)
-    checkpoint_path = out / "checkpoint.pt"
-    if resume and not checkpoint_path.is_file():
-        raise UserError(f"--resume: no checkpoint at {checkpoint_path}")
-    if not resume and checkpoint_path.is_file():
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    checkpoint_path = out / checkpoint.CHECKPOINT_NAME
+    state = None
+    if resume:  # read and vetted before the model loads: a damaged or foreign file fails fast
+        state = checkpoint.load(out)
+        if state["config"] != _resumable(cfg):
+            diff = [k for k in state["config"] if state["config"][k] != _resumable(cfg).get(k)]
+            raise UserError(f"--resume: this run was started with different settings ({', '.join(diff)}); "
+                            "use the same flags or a new --out")
 
     # -------------------------------------------------------------------- model + LoRA
     folder = resolve_model_dir(cfg.model)
@@ -252,14 +259,17 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
         return total / max(n, 1)
 
     # -------------------------------------------------------------------- resume
+    base_name = cfg.model or DEFAULT_MODEL_ID
+    base = base_identity(folder, cfg.model)  # -> base_model.json: loading onto another base warns
+
+    def write_adapter():
+        save_adapter(model, out, base_model=base_name, identity=base)
+
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_tmp(out)  # a killed save's half-written files
     metrics_path = out / "metrics.jsonl"
     step, history = 0, []
     if resume:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if state["config"] != _resumable(cfg):
-            diff = [k for k in state["config"] if state["config"][k] != _resumable(cfg).get(k)]
-            raise UserError(f"--resume: this run was started with different settings ({', '.join(diff)}); "
-                            "use the same flags or a new --out")
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if p.requires_grad:
@@ -270,20 +280,18 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
         batcher.load_state_dict(state["data"])
         _set_rng(state["rng"])
         step, history = state["step"], state["history"]
+        if checkpoint.repair_adapter(out, step, write_adapter):  # a save was cut short before state.json
+            print(f"rewrote the adapter in {out} from the checkpoint (step {step}); it was older or incomplete")
         print(f"resumed at step {step} from {checkpoint_path}")
     _write_metrics(metrics_path, history)  # rewritten up to the resumed step: no duplicate lines
 
-    base_name = cfg.model or DEFAULT_MODEL_ID
-
     def save_checkpoint(at_step, data_state, rng_state):
+        # Tensors and plain values only: it must load with torch.load(weights_only=True).
         state = {"step": at_step, "config": _resumable(cfg), "history": history,
                  "lora": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "data": data_state, "rng": rng_state}
-        tmp = checkpoint_path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, checkpoint_path)  # atomic: a crash mid-write leaves the old checkpoint
-        save_adapter(model, out, base_model=base_name)
+        checkpoint.save(out, state, write_adapter)  # checkpoint.pt, adapter, then state.json
 
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
@@ -365,10 +373,14 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
         print(f"eval loss: {evals[0]:.4f} -> {evals[-1]:.4f}")
     elif evals:
         print(f"eval loss: {evals[0]:.4f}")
-    print(f"adapter: {out}/adapter_model.safetensors (chat with: python generate.py --adapter {out})")
     if cfg.merge:
         save_merged(model, out / "merged", source_dir=folder, dtype=dtype)
-        print(f"merged model: {out / 'merged'}")
+    print_outputs(out, [("adapter", "adapter_model.safetensors"), ("adapter", "adapter_config.json"),
+                        ("loss plot", "loss.png"), ("metrics", "metrics.jsonl"),
+                        ("checkpoint", checkpoint.CHECKPOINT_NAME), ("config", "train_config.json")]
+                  + ([("merged", "merged")] if cfg.merge else []))
+    print(f"chat with it: python generate.py --adapter {out}")
+    print(f"train further: the same flags plus --resume --max-steps N (N > {step})")
 
 
 def _resumable(cfg: TrainConfig) -> dict:
@@ -389,6 +401,14 @@ def _set_rng(state: dict):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def print_outputs(out: Path, files: list[tuple[str, str]]):
+    """The run's closing lines: where each file went (only those that were written)."""
+    print(f"run folder {out}:")
+    for label, name in files:
+        if (out / name).exists():
+            print(f"  {label + ':':<12}{out / name}")
 
 
 def _write_metrics(path: Path, records: list[dict], append: bool = False):

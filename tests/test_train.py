@@ -212,7 +212,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_
     out = tmp_path / "run"
     with pytest.raises(UserError, match="loss is nan.*checkpoint"):
         train.main(_args(tiny_dir, rows_file, out, "--max-steps", "6"))
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2  # the last good checkpoint (save-every 2), not the poisoned step
 
 
@@ -221,16 +221,15 @@ def test_checkpoint_write_is_atomic(tiny_dir, rows_file, tmp_path, monkeypatch):
     train.main(_args(tiny_dir, rows_file, out, "--max-steps", "2"))
     real_save = torch.save
 
-    def crash(obj, path, *a, **k):
-        with open(path, "wb") as f:
-            f.write(b"half a checkpoint")
+    def crash(obj, f, *a, **k):  # training/checkpoint.py hands torch.save the open temporary file
+        f.write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
         train.main(_args(tiny_dir, rows_file, out, "--max-steps", "4") + ["--resume"])
     monkeypatch.setattr(torch, "save", real_save)
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_dir, rows_file, tmp_path):
@@ -248,7 +247,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tiny_dir, rows_file, tmp_
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "--resume" in err
-    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert 1 <= step < 400
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == step

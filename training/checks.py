@@ -1,0 +1,98 @@
+"""A run's settings checked before anything loads or any folder is made: a bad value costs a
+one-line error naming the flag, not a model load, a traceback or an empty run folder."""
+
+import dataclasses
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+
+from model.errors import UserError
+from training.checkpoint import CHECKPOINT_NAME
+
+CHOICES = {
+    "arch": ("llama", "rnn", "lstm"),
+    "template": ("chat", "alpaca"),
+    "optim": ("adamw", "adamw8bit"),
+    "lr_schedule": ("linear", "cosine", "constant"),
+    "quantize": (None, "nf4"),
+    "dtype": ("float32", "bfloat16", "float16", "auto", "fp32", "bf16", "fp16"),
+}
+
+# (lowest, highest, lowest allowed itself, highest allowed itself); None: no bound.
+RANGES = {
+    "max_len": (2, None, True, None), "lora_r": (1, None, True, None),
+    "lora_alpha": (0, None, False, None), "lora_dropout": (0, 1, True, False),
+    "max_steps": (1, None, True, None), "batch_size": (1, None, True, None),
+    "grad_accum": (1, None, True, None), "lr": (0, None, False, None),
+    "warmup_steps": (0, None, True, None), "weight_decay": (0, None, True, None),
+    "grad_clip": (0, None, True, None), "eval_fraction": (0, 1, False, False),
+    "eval_every": (0, None, True, None), "save_every": (0, None, True, None),
+    "log_every": (1, None, True, None), "char_steps": (1, None, True, None),
+    "char_hidden": (1, None, True, None),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_config(cfg, resume: bool) -> None:
+    """Raises UserError for the first setting a run cannot use (cfg: train.TrainConfig)."""
+    for f in dataclasses.fields(cfg):  # presets are JSON: "16" where 16 belongs reaches here
+        value = getattr(cfg, f.name)
+        if f.type in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                       or (f.type is int and not isinstance(value, int))):
+            raise UserError(f"{_flag(f.name)} {value!r}: must be {'an integer' if f.type is int else 'a number'}")
+        if f.type is bool and not isinstance(value, bool):
+            raise UserError(f"{_flag(f.name)} {value!r}: must be true or false")
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            shown = ", ".join("none" if c is None else c for c in choices if c not in ("fp32", "bf16", "fp16"))
+            raise UserError(f"{_flag(name)} {getattr(cfg, name)}: choose one of {shown}")
+    for name, (low, high, low_ok, high_ok) in RANGES.items():
+        value = getattr(cfg, name)
+        fine = math.isfinite(value)
+        fine = fine and (low is None or value > low or (low_ok and value == low))
+        fine = fine and (high is None or value < high or (high_ok and value == high))
+        if not fine:
+            raise UserError(f"{_flag(name)} {value}: must be {_range_text(low, high, low_ok, high_ok)}")
+    if not [t for t in str(cfg.targets).split(",") if t.strip()]:
+        raise UserError("--targets: name at least one module (e.g. q_proj,v_proj)")
+    _check_device(cfg.device)
+    if cfg.optim == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("--optim adamw8bit needs bitsandbytes (pip install bitsandbytes), or use --optim adamw")
+
+    out = Path(cfg.out)
+    if not str(cfg.out).strip():
+        raise UserError("--out: name a run folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: this is a file; name a folder")
+    if cfg.arch != "llama":
+        if resume:
+            raise UserError(f"--resume: the {cfg.arch} baseline trains in one go and cannot resume; "
+                            "drop --resume")
+        return
+    checkpoint = out / CHECKPOINT_NAME
+    if resume and not checkpoint.is_file():
+        raise UserError(f"--resume: no checkpoint at {checkpoint}")
+    if not resume and checkpoint.is_file():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+
+def _check_device(device: str) -> None:
+    if device in ("auto", "cpu"):
+        return
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise UserError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    if device != "cuda" and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPUs (cuda:0 ...)")
+
+
+def _range_text(low, high, low_ok, high_ok) -> str:
+    if high is None:
+        return f"{'at least' if low_ok else 'more than'} {low}"
+    return f"in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"

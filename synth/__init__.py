@@ -14,6 +14,7 @@ Rows are JSONL in the training schema ("instruction", "input", "output") plus pr
     prompts.py      every prompt                     cost.py       tokens and dollars
     personas.py     topics and personas              dedup.py      near-duplicate messages
     scoring.py      reading the evaluator's score    safety_gate.py  safety.row_is_safe on rows
+    examples.py     the evaluator's worked examples  breaker.py    stop after K failures in a row
 """
 
 from synth.errors import BadReply, SynthError

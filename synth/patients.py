@@ -3,8 +3,11 @@
 Candidate k gets id "patient-<seed>-<k>" and the topic and persona that --seed fixes for k
 (synth/personas.py). Candidates are tried in order until --out holds N rows; a message that
 nearly duplicates one already kept (synth/dedup.py) goes to the rejected file instead, and the
-next candidate is tried. At most CANDIDATES_PER_ROW * N candidates are tried, so a model that
-keeps repeating itself ends the run instead of looping for ever.
+next candidate is tried. A candidate whose request fails after every retry is not replaced: it
+counts against N (the run ends with fewer rows, exit status 1, and a rerun tries it again), so
+a server that fails some rows costs at most N candidates. At most CANDIDATES_PER_ROW * N
+candidates are tried, so a model that keeps repeating itself ends the run instead of looping
+for ever.
 
 A row is {"id", "instruction", "input": the message, "output": "", "topic", "persona", "model",
 "seed", "created_at"}; `respond` fills in "output". Patient rows are not passed through the

@@ -82,11 +82,20 @@ class ChatClient:
         self.usage = usage
         self.log = log
         self.stop = threading.Event()
+        self.stopped_by: SynthError | None = None  # why stop was set by a worker (halt)
         self.breaker = breaker or CircuitBreaker(0)
         self.time_left = time_left
         # max_retries=0: the openai client's own retries would multiply ours (retry.py).
         self._client = openai.OpenAI(base_url=connection.base_url, api_key=connection.api_key,
                                      timeout=connection.timeout, max_retries=0)
+
+    def halt(self, error: SynthError) -> SynthError:
+        """Stop every worker for `error` and return it to raise. Workers cancelled by the stop
+        may report back before this one does; the runner then raises `stopped_by` instead."""
+        if self.stopped_by is None:
+            self.stopped_by = error
+        self.stop.set()
+        return error
 
     def _once(self, messages: list[dict], sampling: Sampling, parse: Callable[[str], T]) -> T:
         reply = self._client.chat.completions.create(
@@ -125,13 +134,12 @@ class ChatClient:
             except Exception as error:
                 if is_refused(error):
                     raise
-                if self.breaker.failure():
-                    self.stop.set()  # the other workers make no further attempt
-                    raise SynthError(
+                if self.breaker.failure():  # the other workers make no further attempt
+                    raise self.halt(SynthError(
                         f"stopped after {self.breaker.limit} failed requests in a row to {url} "
                         f"(the last: {describe(error)}; --max-consecutive-failures); the rows "
                         "written so far are kept, so rerun the same command once the server "
-                        "answers.") from None
+                        "answers.")) from None
                 raise
             self.breaker.success()
             return result
@@ -142,9 +150,9 @@ class ChatClient:
                                      stop=self.stop, time_left=self.time_left)
         except openai.APIConnectionError as error:
             if is_refused(error):
-                self.stop.set()
-                raise SynthError(f"nothing listening at {url} (connection refused); start the "
-                                 "server or fix --base-url, then rerun.") from None
+                raise self.halt(SynthError(f"nothing listening at {url} (connection refused); "
+                                           "start the server or fix --base-url, then "
+                                           "rerun.")) from None
             raise
         except openai.AuthenticationError:
             raise SynthError(f"the server at {url} rejected the API key (HTTP 401); check "

@@ -33,7 +33,7 @@ from synth.client import ChatClient, Connection, Sampling
 from synth.cost import UsageMeter
 from synth.errors import BadReply
 from synth.jsonl import AppendOnlyJsonl
-from synth.retry import DeadlineReached, RetryPolicy
+from synth.retry import Cancelled, DeadlineReached, RetryPolicy
 
 ROW_FAILURES = (openai.APIError, json.JSONDecodeError, BadReply)  # after retries: skip the row
 clock = time.monotonic  # seconds; tests put a fake clock here to pass --deadline without waiting
@@ -214,6 +214,9 @@ def run_jobs(settings: Settings, stage: str, jobs: Iterator[dict], *,
             if isinstance(error, DeadlineReached):
                 past_deadline = True  # counted with the rows never started, below
                 log(f"{job['id']}: left undone at the --deadline; a rerun will do it")
+            elif isinstance(error, Cancelled):
+                # Another worker stopped the run; its error may still be on its way here.
+                raise client.stopped_by or error
             elif isinstance(error, ROW_FAILURES):
                 summary.failed += 1
                 log(f"{job['id']}: gave up ({type(error).__name__}: {error}); "

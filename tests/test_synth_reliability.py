@@ -277,3 +277,22 @@ def test_the_shipped_evaluator_examples_load():
     from synth.examples import read_examples
     examples = read_examples(str(REPO / "synth" / "evaluator_examples.jsonl"))
     assert [json.loads(e.verdict)["score"] for e in examples] == [30, 90]
+
+
+def test_a_worker_cancelled_by_another_workers_stop_reports_that_workers_reason(tmp_path):
+    # The worker that trips the breaker (or meets a refused connection) stops the others; one
+    # of them may report its cancellation first. The run must end with the real reason.
+    from synth.errors import SynthError
+    from synth.retry import Cancelled
+    from synth.runner import Settings, Summary, accept_all, open_outputs, run_jobs
+
+    def work(job, client):
+        client.halt(SynthError("nothing listening at the test URL"))  # elsewhere, say
+        raise Cancelled()  # what this worker itself sees
+
+    out, rejected, _ = open_outputs(str(tmp_path / "out.jsonl"))
+    settings = Settings(out=str(tmp_path / "out.jsonl"), base_url="http://127.0.0.1:9/v1",
+                        concurrency=1)
+    with pytest.raises(SynthError, match="nothing listening"):
+        run_jobs(settings, "test", iter([{"id": "a"}, {"id": "b"}]), work=work,
+                 judge=accept_all, out=out, rejected=rejected, summary=Summary(), total=2)

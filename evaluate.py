@@ -75,7 +75,8 @@ def parse_variants(text: str) -> list[Variant]:
             continue
         path = Path(item)
         if not path.is_dir():
-            raise UserError(f"--variants: '{item}' is neither 'base' nor a run folder")
+            raise UserError(f"--variants: '{item}' is neither 'base' nor a run folder; train it first "
+                            f"(python train.py --out {item}, with --arch lstm for a char baseline)")
         run_cfg = {}
         if (path / "train_config.json").is_file():
             run_cfg = json.loads((path / "train_config.json").read_text())
@@ -111,8 +112,9 @@ def main():
     rows, stats = load_rows(args.data)
     rows = rows[: args.limit] if args.limit else rows
     print(f"evaluation rows: {len(rows)} ({stats.summary()})")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # made only when the results are written: a failed run leaves no empty folder
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: this is a file; name a folder for the results")
 
     judge_factory = None
     if args.judge:
@@ -209,6 +211,11 @@ def main():
 
     write_outputs(out, results, examples_out)
     print(Path(out / "results.md").read_text())
+    print(f"results in {out}:")
+    for label, name in (("table", "results.md"), ("table", "results.csv"), ("table", "results.json"),
+                        ("chart", "chart.png"), ("answers", "examples.jsonl")):
+        if (out / name).is_file():  # chart.png needs matplotlib
+            print(f"  {label + ':':<10}{out / name}")
 
 
 @torch.no_grad()
@@ -233,6 +240,7 @@ def _fmt(value, key) -> str:
 
 
 def write_outputs(out: Path, results: list[dict], examples: list[dict]):
+    out.mkdir(parents=True, exist_ok=True)
     header = "| " + " | ".join(COLUMNS) + " |"
     lines = [header, "|" + "---|" * len(COLUMNS)]
     for r in results:

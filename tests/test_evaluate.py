@@ -1,8 +1,10 @@
 """evaluate.py end to end on a tiny model: every output file, every variant kind, bad input."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,26 @@ def test_judge_that_is_down_is_reported_and_other_metrics_still_come(setup):
     assert "judge: 0/3 scored" in run.stdout and "cannot reach the judge" in run.stdout
     result = json.loads((out / "results.json").read_text())[0]
     assert result["judge"] is None and result["sts"] is not None
+
+
+def test_evaluate_ends_by_naming_every_file_it_wrote(setup):
+    root, tiny, data = setup
+    out = root / "named"
+    run = _evaluate("--model", str(tiny), "--data", str(data), "--variants", "base", "--max-new-tokens", "4",
+                    "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    tail = run.stdout[run.stdout.rindex(f"results in {out}:"):]
+    named = [Path(p) for p in re.findall(re.escape(str(out)) + r"/[\w.\-]+", tail)]
+    assert {p.name for p in named} == {"results.md", "results.csv", "results.json", "chart.png", "examples.jsonl"}
+    assert all(p.is_file() for p in named)
+
+
+def test_a_variant_folder_nobody_trained_is_one_line_and_leaves_no_results_folder(setup, tmp_path):
+    root, tiny, data = setup
+    out = tmp_path / "results"
+    run = _evaluate("--model", str(tiny), "--data", str(data), "--variants", f"base,{tmp_path / 'runs' / 'lstm'}",
+                    "--out", str(out))
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"'{tmp_path / 'runs' / 'lstm'}' is neither 'base' nor a run folder" in lines[0]
+    assert not out.exists()

@@ -22,8 +22,9 @@ The server is started only while a synth stage needs it, and always stopped.
 Be clear about what this shows. A 135M model is a weak psychologist and a weaker evaluator: it
 does not follow the evaluator's JSON instructions on its own, so refine shows it two short
 worked examples first (`--evaluator-examples synth/evaluator_examples.jsonl`;
---no-evaluator-examples leaves them out), and even then its scores say little about quality. The point is that every stage
-runs end to end, offline, with the same commands a larger model or a real API would use.
+--no-evaluator-examples leaves them out), and even then its scores say little about quality.
+The point is that every stage runs end to end, offline, with the same commands a larger model
+or a real API would use.
 """
 
 import argparse
@@ -211,8 +212,9 @@ def read_jsonl(path: Path) -> list[dict]:
 def synth_command(stage: str, args, out: Path, base_url: str) -> list[str]:
     """The `python -m synth STAGE ...` arguments of one stage, writing to OUT/partial/."""
     partial = out / "partial" / SYNTH_FILES[stage]
-    # --concurrency 1: the server answers one request at a time. --max-retries 0: the server
-    # honours the seed synth sends, so asking again gets the same reply.
+    # --concurrency 1: the server answers one request at a time. --max-retries 0: one reply
+    # takes many seconds on a CPU, so a row with an unusable one fails at once (the summary
+    # counts it); synth's circuit breaker still ends a stage whose server stopped answering.
     cmd = ["-m", "synth", stage, "--out", str(partial), "--base-url", base_url + "/v1",
            "--model", SERVED_MODEL, "--concurrency", "1", "--max-retries", "0",
            "--timeout", str(args.timeout), "--max-tokens", str(args.max_tokens),

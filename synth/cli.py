@@ -276,4 +276,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synth: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
-    return 1 if summary.failed or summary.unfinished else 0  # rows are missing: a script should notice
+    # rows are missing: a script should notice (a rerun does them)
+    return 1 if summary.failed or summary.unfinished else 0

@@ -40,7 +40,8 @@ def _example(where: str, row) -> WorkedExample:
     missing = [key for key in KEYS if key not in row]
     unknown = sorted(set(row) - set(KEYS))
     if missing or unknown:
-        problem = f"lacks {', '.join(missing)}" if missing else f"has unknown keys {', '.join(unknown)}"
+        problem = f"lacks {', '.join(missing)}" if missing else \
+            f"has unknown keys {', '.join(unknown)}"
         raise SynthError(f"{where} {problem}; each example has exactly the keys "
                          "patient, answer and verdict.")
     for key in ("patient", "answer"):

@@ -183,7 +183,9 @@ def run_jobs(settings: Settings, stage: str, jobs: Iterator[dict], *,
     time_left = None
     if settings.deadline is not None:
         deadline_at = clock() + settings.deadline
-        time_left = lambda: deadline_at - clock()  # noqa: E731 - read by every worker
+
+        def time_left() -> float:  # seconds before --deadline; read by every worker
+            return deadline_at - clock()
     client = ChatClient(connection, summary.usage, log,
                         breaker=CircuitBreaker(settings.max_consecutive_failures),
                         time_left=time_left)

@@ -9,7 +9,9 @@ SmolLM2-135M cannot play the expert evaluator: asked for a JSON verdict, it writ
 without a score (usually repeating the message it was shown), so refine could never finish a
 row. refine therefore goes through a small router that answers requests for the evaluator
 model (--evaluator-model) with a fixed verdict and passes every other request, the rewrites,
-on to the real server.
+on to the real server. One more run checks that with worked examples shown first
+(--evaluator-examples synth/evaluator_examples.jsonl) the real model does write a score for
+every row (what it scores is not checked: its numbers mostly echo the examples').
 """
 
 import json
@@ -243,3 +245,16 @@ def test_output_loads_as_training_rows(pipeline, stage):
     assert stats.skipped == 0
     by_input = {row["input"].strip(): row["output"].strip() for row in pipeline["rows"][stage]}
     assert {row.input: row.output for row in rows} == by_input
+
+
+def test_refine_with_worked_examples_gets_a_score_for_every_row_from_the_served_model(
+        pipeline, server, tmp_path):
+    out = tmp_path / "refined.jsonl"
+    run_synth("refine", server, "--in", str(pipeline["paths"]["answers"]), "--out", str(out),
+              "--max-rounds", "0", "--keep-unsafe",
+              "--evaluator-examples", str(ROOT / "synth" / "evaluator_examples.jsonl"))
+    rows = read_jsonl(out)  # run_synth checked exit status 0: no row failed
+    assert sorted(row["id"] for row in rows) == \
+        sorted(row["id"] for row in pipeline["rows"]["answers"])
+    assert all(len(row["scores"]) == 1 and 0 <= row["scores"][0] <= 100 for row in rows)
+    assert all(row["evaluator_model"] == SERVED_MODEL for row in rows)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -77,14 +78,13 @@ def _one_line_error(run) -> str:
 
 
 def test_resume_refuses_a_crafted_pickle_and_runs_none_of_it(tiny_dir, rows_file, tmp_path):
-    marker, control = tmp_path / "pwned", tmp_path / "pwned-control"
-    out = tmp_path / "run"
+    marker, out = tmp_path / "pwned", tmp_path / "run"
     out.mkdir()
     torch.save({"step": 1, "payload": _Evil(marker)}, out / "checkpoint.pt")
-    # The payload is live: unpickled without weights_only it does run.
-    torch.save({"payload": _Evil(control)}, tmp_path / "control.pt")
-    torch.load(tmp_path / "control.pt", weights_only=False)
-    assert control.is_dir()
+    # The payload is live (read, never run): the pickle calls os.mkdir on the marker when loaded.
+    with zipfile.ZipFile(out / "checkpoint.pt") as archive:
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    assert b"mkdir" in pickled and str(marker).encode() in pickled
 
     run = subprocess.run([sys.executable, "train.py", *_args(tiny_dir, rows_file, out), "--resume"],
                          capture_output=True, text=True, timeout=300)
@@ -229,3 +229,28 @@ def _tensors(obj):
     elif isinstance(obj, dict):
         for v in obj.values():
             yield from _tensors(v)
+
+
+def test_an_enabled_grad_scaler_and_the_rng_states_load_with_weights_only(tmp_path):
+    """The float16 path's GradScaler (enabled on CUDA; the CPU one has the same state) and
+    Python's random state (a tuple of ints) are plain values."""
+    import random
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    scaler.scale(w.sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    saved = {"scaler": scaler.state_dict(), "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}
+    torch.save(saved, tmp_path / "s.pt")
+    loaded = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert loaded["scaler"] == saved["scaler"] and loaded["scaler"]["scale"] == 1024.0
+    assert loaded["rng"]["python"] == saved["rng"]["python"]
+
+
+def test_only_the_run_folders_own_temporary_files_are_removed(tmp_path):
+    for name in ("checkpoint.pt.tmp", "state.json.tmp", "adapter_model.safetensors.tmp", "notes.tmp"):
+        (tmp_path / name).write_text("x")
+    removed = checkpoint.remove_stale_tmp(tmp_path)
+    assert sorted(removed) == ["adapter_model.safetensors.tmp", "checkpoint.pt.tmp", "state.json.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.tmp"]  # --out may hold the user's own files

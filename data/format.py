@@ -22,6 +22,10 @@ Templates (both go through model.chat, so training sees the very ids generation 
               system = instruction, user = input, assistant = output, closed by the format's
               end-of-turn ids. A tokenizer with no chat tokens falls back to Alpaca.
 
+Before tokenizing, a field longer than data.cap.field_char_limit(max_len) characters (128 per
+token, far more than max_len tokens can span) is cut on the side truncation would throw away,
+so a 1 MB field is never tokenized whole; the ids kept are the same (see data/cap.py).
+
 Rows longer than max_len are truncated and counted:
     - If the prompt fits with room for at least MIN_RESPONSE_TOKENS of the reply, the reply is cut
       from its end (the closing token goes too: that reply did not end there).
@@ -34,6 +38,7 @@ Rows longer than max_len are truncated and counted:
 import sys
 from dataclasses import dataclass
 
+from data.cap import cap_fields, field_char_limit
 from model.chat import get_chat_format
 from model.errors import UserError
 
@@ -61,7 +66,8 @@ class FormatStats:
     prompt_cut: int = 0        # of those, examples whose prompt was cut from the left
     tokens: int = 0            # input tokens in all examples
     target_tokens: int = 0     # tokens that carry a label
-    longest: int = 0           # longest row before truncation, in tokens
+    longest: int = 0           # longest row before truncation (after the field cut), in tokens
+    capped: int = 0            # rows with a field cut to field_char_limit(max_len) characters
     max_len: int = 0
 
     def summary(self) -> str:
@@ -70,6 +76,9 @@ class FormatStats:
         if self.truncated:
             text += (f", {self.truncated} truncated to --max-len {self.max_len}"
                      f" ({self.prompt_cut} of them with the prompt cut)")
+        if self.capped:
+            text += (f", {self.capped} with a field over {field_char_limit(self.max_len)} "
+                     "characters cut before tokenizing")
         return text
 
 
@@ -84,14 +93,25 @@ def chat_format_for(tokenizer, template: str):
     return get_chat_format(tokenizer, "alpaca" if template == "alpaca" else None)
 
 
-def encode_row(row, tokenizer, template: str, chat=None) -> tuple[list[int], list[int]]:
-    """(prompt ids, reply ids + closing ids) for one row, before any truncation."""
-    chat = chat or chat_format_for(tokenizer, template)
-    messages = [{"role": "system", "content": row.instruction},
-                {"role": "user", "content": row.input}]
-    prompt = chat.encode_prompt(messages, add_generation_prompt=True)
-    reply = tokenizer.encode(row.output) + list(chat.end_of_turn_ids())
+def encode_row(row, tokenizer, template: str, chat=None,
+               max_chars: int | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, reply ids + closing ids) for one row, before truncation to max_len; with
+    max_chars, each field is first cut to that many characters (data.cap.cap_fields)."""
+    prompt, reply, _ = _encode(row, tokenizer, chat or chat_format_for(tokenizer, template),
+                               max_chars)
     return prompt, reply
+
+
+def _encode(row, tokenizer, chat, max_chars: int | None) -> tuple[list[int], list[int], bool]:
+    """encode_row, plus whether a field was cut."""
+    instruction, text_in, text_out, cut = row.instruction, row.input, row.output, False
+    if max_chars is not None:
+        instruction, text_in, text_out, cut = cap_fields(instruction, text_in, text_out, max_chars)
+    messages = [{"role": "system", "content": instruction},
+                {"role": "user", "content": text_in}]
+    prompt = chat.encode_prompt(messages, add_generation_prompt=True)
+    reply = tokenizer.encode(text_out) + list(chat.end_of_turn_ids())
+    return prompt, reply, cut
 
 
 def fit_to_length(prompt: list[int], reply: list[int], max_len: int,
@@ -130,7 +150,7 @@ def _check_max_len(max_len: int) -> None:
 def format_row(row, tokenizer, template: str, max_len: int, chat=None) -> Example:
     """One row as an Example of at most max_len tokens; pass `chat` to reuse a chat format."""
     _check_max_len(max_len)
-    prompt, reply = encode_row(row, tokenizer, template, chat)
+    prompt, reply = encode_row(row, tokenizer, template, chat, field_char_limit(max_len))
     example, _ = _to_example(prompt, reply, max_len, tokenizer)
     return example
 
@@ -141,11 +161,13 @@ def build_examples(rows, tokenizer, template: str, max_len: int,
     _check_max_len(max_len)
     chat = chat_format_for(tokenizer, template)
     stats = FormatStats(max_len=max_len)
+    max_chars = field_char_limit(max_len)
     examples = []
     for row in _progress(rows, progress):
-        prompt, reply = encode_row(row, tokenizer, template, chat)
+        prompt, reply, capped = _encode(row, tokenizer, chat, max_chars)
         example, prompt_cut = _to_example(prompt, reply, max_len, tokenizer)
         stats.rows += 1
+        stats.capped += capped
         stats.longest = max(stats.longest, len(prompt) + len(reply))
         stats.truncated += example.truncated
         stats.prompt_cut += prompt_cut

@@ -22,18 +22,23 @@ Validation, decided once for every source:
       seed data uses one fixed instruction and most other instruction data has none.
     - Surrounding whitespace is stripped; rows that are then exact duplicates are dropped.
     - Keys other than the three (a "topic", provenance fields) are ignored.
+    - Lines that are not UTF-8 or not a valid record (broken JSON, bad CSV quoting) are skipped
+      and counted with their first line numbers (data/records.py reads the files, a line at a
+      time). strict=True raises at the first skipped line or row instead, naming file:line.
+    - With max_chars, a field longer than that is cut on the side training would truncate
+      anyway (data/cap.py), so no row holds a 1 MB string; format.py cuts the same way.
     - A file that cannot be parsed, lacks a required column altogether, or holds no usable row
       raises UserError naming the file (and the line, where there is one).
 """
 
-import csv
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.cap import cap_fields
+from data.records import read_records
 from model.errors import UserError
 
 # The instruction the bundled sample rows carry; rows without one get it too, so that a model
@@ -44,8 +49,6 @@ DEFAULT_INSTRUCTION = (
     "steps, including professional support where it would help."
 )
 
-REQUIRED_COLUMNS = ("input", "output")   # must be non-empty on every kept row
-OPTIONAL_COLUMNS = ("instruction",)       # empty or missing -> DEFAULT_INSTRUCTION
 DATA_SUFFIXES = (".json", ".jsonl", ".csv")
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
@@ -75,115 +78,54 @@ class LoadStats:
     kept: int = 0                  # rows returned
     skipped: int = 0               # empty or missing input/output
     skipped_where: list[str] = field(default_factory=list)  # first few "file:line"
+    malformed: int = 0             # lines skipped: broken JSON or CSV, not an object
+    malformed_where: list[str] = field(default_factory=list)
+    not_utf8: int = 0              # lines skipped: not UTF-8 text
+    not_utf8_where: list[str] = field(default_factory=list)
     duplicates: int = 0            # exact duplicates dropped
     default_instruction: int = 0   # kept rows that got DEFAULT_INSTRUCTION
+    capped: int = 0                # kept rows with a field cut to max_chars
+    max_chars: int | None = None
+    evaluation: "LoadStats | None" = None  # the evaluation files', when read separately
+
+    def count(self, kind: str, where: str) -> None:
+        """One more skipped line of `kind` ("malformed" or "not_utf8"), at `where`."""
+        setattr(self, kind, getattr(self, kind) + 1)
+        shown = getattr(self, f"{kind}_where")
+        if len(shown) < MAX_SKIPPED_SHOWN:
+            shown.append(where)
 
     def summary(self) -> str:
         text = f"{self.source}: {self.kept} rows kept of {self.read} read"
+        if self.malformed:
+            text += (f", skipped {self.malformed} malformed line{'s' * (self.malformed > 1)} "
+                     f"({_places(self.malformed_where, self.malformed)})")
+        if self.not_utf8:
+            text += (f", skipped {self.not_utf8} non-UTF-8 line{'s' * (self.not_utf8 > 1)} "
+                     f"({_places(self.not_utf8_where, self.not_utf8)})")
         if self.skipped:
-            text += f", {self.skipped} skipped for an empty input or output"
-            text += f" (first at {', '.join(self.skipped_where)})"
+            text += (f", {self.skipped} skipped for an empty input or output "
+                     f"({_places(self.skipped_where, self.skipped)})")
         if self.duplicates:
             text += f", {self.duplicates} duplicates dropped"
         if self.default_instruction:
             text += f", {self.default_instruction} given the default instruction"
+        if self.capped:
+            text += f", {self.capped} with a field cut to {self.max_chars} characters"
+        ev = self.evaluation
+        if ev is not None and (ev.malformed or ev.not_utf8 or ev.skipped):
+            text += f"; {ev.summary()}"  # lines lost from the evaluation files are news too
         return text
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading one file into records: (where, dict) pairs, where = "file:line" for error messages.
-
-
-def _read_jsonl(path: Path, text: str) -> list[tuple[str, dict]]:
-    records = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue  # blank lines (a trailing newline, say) are not rows
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {line_no} is not valid JSON ({e.msg}); "
-                            "fix or delete that line.") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path} line {line_no} is not a JSON object; each line must look "
-                            'like {"instruction": ..., "input": ..., "output": ...}.')
-        records.append((f"{path.name}:{line_no}", obj))
-    return records
-
-
-def _read_json(path: Path, text: str) -> list[tuple[str, dict]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        # Many hub datasets name JSON Lines files ".json": if the first line is an object on
-        # its own, read the file as JSON Lines instead.
-        first = text.lstrip().split("\n", 1)[0]
-        try:
-            looks_like_lines = isinstance(json.loads(first), dict)
-        except json.JSONDecodeError:
-            looks_like_lines = False
-        if looks_like_lines:
-            return _read_jsonl(path, text)
-        raise UserError(f"{path} line {e.lineno} is not valid JSON ({e.msg}); fix the file "
-                        "or save it as JSON Lines (.jsonl).") from None
-    if isinstance(data, dict):  # a single object is one row
-        data = [data]
-    if not isinstance(data, list):
-        raise UserError(f"{path} must hold a JSON array of objects, not a {type(data).__name__}.")
-    records = []
-    for i, obj in enumerate(data, start=1):
-        if not isinstance(obj, dict):
-            raise UserError(f"{path} item {i} of the array is not a JSON object; every item must "
-                            'look like {"instruction": ..., "input": ..., "output": ...}.')
-        records.append((f"{path.name} item {i}", obj))
-    return records
-
-
-def _read_csv(path: Path, text: str) -> list[tuple[str, dict]]:
-    lines = text.splitlines(keepends=True)
-    reader = csv.DictReader(lines, strict=True)  # strict: a stray quote is an error, not data
-    records = []
-    next_line = 2  # line 1 is the header
-    try:
-        for obj in reader:
-            # A quoted field may span several lines; the row starts where the last one ended.
-            where, next_line = next_line, reader.line_num + 1
-            if None in obj:  # more fields than the header names
-                raise UserError(f"{path} line {where} has more fields than the header row; "
-                                "quote fields that contain commas.")
-            records.append((f"{path.name}:{where}", obj))
-    except csv.Error as e:
-        raise UserError(f"{path} line {next_line} is not valid CSV ({e}); "
-                        "check the quoting on that line.") from None
-    return records
-
-
-def _read_records(path: Path) -> list[tuple[str, dict]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8.") from None
-    if not text.strip():
-        raise UserError(f"{path} is empty; it must hold rows with input and output fields.")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        records = _read_jsonl(path, text)
-    elif suffix == ".json":
-        records = _read_json(path, text)
-    else:
-        records = _read_csv(path, text)
-    if not records:
-        raise UserError(f"{path} holds no rows; it must hold rows with input and output fields.")
-
-    present = set()
-    for _, obj in records:
-        present.update(obj.keys())
-    missing = [c for c in REQUIRED_COLUMNS if c not in present]
-    if missing:
-        found = ", ".join(sorted(str(k) for k in present)) or "none"
-        raise UserError(f"{path} has no {' or '.join(repr(c) for c in missing)} column "
-                        f"(found: {found}); rename its columns to instruction, input and output.")
-    return records
+def _places(where: list[str], total: int) -> str:
+    """["a.jsonl:12", "a.jsonl:40", "b.jsonl:3"] -> "a.jsonl:12, :40, b.jsonl:3" (+ ", ...")."""
+    parts, last_file = [], None
+    for place in where:
+        file, sep, line = place.rpartition(":")
+        parts.append(f":{line}" if sep and file == last_file else place)
+        last_file = file if sep else None
+    return ", ".join(parts) + (", ..." if total > len(where) else "")
 
 
 def _clean(value) -> str:
@@ -191,27 +133,36 @@ def _clean(value) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _rows_from_files(files: list[Path], source: str) -> tuple[list[Row], LoadStats]:
-    stats = LoadStats(source=source, files=[str(f) for f in files])
+def _rows_from_files(files: list[Path], source: str, strict: bool = False,
+                     max_chars: int | None = None) -> tuple[list[Row], LoadStats]:
+    stats = LoadStats(source=source, files=[str(f) for f in files], max_chars=max_chars)
     rows: list[Row] = []
     seen: set[Row] = set()
     for path in files:
-        for where, obj in _read_records(path):
+        for where, obj in read_records(path, strict, stats.count):
             stats.read += 1
             instruction = _clean(obj.get("instruction"))
             text_in, text_out = _clean(obj.get("input")), _clean(obj.get("output"))
             if not text_in or not text_out:
+                if strict:
+                    raise UserError(f"{path.parent / where} has an empty or missing "
+                                    f"{'input' if not text_in else 'output'}; fill it in or "
+                                    "delete the row (without --strict it is skipped and counted).")
                 stats.skipped += 1
                 if len(stats.skipped_where) < MAX_SKIPPED_SHOWN:
                     stats.skipped_where.append(where)
                 continue
+            cut = False
+            if max_chars is not None:
+                instruction, text_in, text_out, cut = cap_fields(instruction, text_in, text_out,
+                                                                 max_chars)
             row = Row(instruction or DEFAULT_INSTRUCTION, text_in, text_out)
             if row in seen:
                 stats.duplicates += 1
                 continue
             seen.add(row)
-            if not instruction:
-                stats.default_instruction += 1
+            stats.default_instruction += not instruction
+            stats.capped += cut
             rows.append(row)
     stats.kept = len(rows)
     if not rows:
@@ -311,10 +262,13 @@ def resolve_files(source: str | os.PathLike | None) -> tuple[list[Path], list[Pa
 # Public API.
 
 
-def load_rows(source: str | os.PathLike | None = None) -> tuple[list[Row], LoadStats]:
-    """The training rows of a source, checked and deduplicated, with what was dropped and why."""
+def load_rows(source: str | os.PathLike | None = None, strict: bool = False,
+              max_chars: int | None = None) -> tuple[list[Row], LoadStats]:
+    """The training rows of a source, checked and deduplicated, with what was dropped and why.
+    strict: raise at the first line or row that would be skipped. max_chars: cut longer fields
+    (pass data.field_char_limit(max_len))."""
     train_files, _, name = resolve_files(source)
-    return _rows_from_files(train_files, name)
+    return _rows_from_files(train_files, name, strict, max_chars)
 
 
 def _row_score(row: Row, seed: int) -> float:
@@ -351,8 +305,11 @@ def split_rows(rows: list[Row], eval_fraction: float = 0.005,
 def load_train_eval(source: str | os.PathLike | None = None,
                     eval_source: str | os.PathLike | None = None,
                     eval_fraction: float = 0.005,
-                    seed: int = 3407) -> tuple[list[Row], list[Row], LoadStats]:
-    """Training and evaluation rows for a run, plus the training rows' LoadStats.
+                    seed: int = 3407, strict: bool = False,
+                    max_chars: int | None = None) -> tuple[list[Row], list[Row], LoadStats]:
+    """Training and evaluation rows for a run, plus the training rows' LoadStats (whose
+    `evaluation` holds the evaluation files' own, when they were read). strict and max_chars
+    as in load_rows.
 
     The evaluation rows come from, in this order: `eval_source` if given; the evaluation files
     that the source itself ships (data/sample/eval.jsonl, a folder's eval.jsonl or test.csv);
@@ -360,11 +317,12 @@ def load_train_eval(source: str | os.PathLike | None = None,
     the training rows are removed from training, so the held-out score stays honest.
     """
     train_files, eval_files, name = resolve_files(source)
-    train, stats = _rows_from_files(train_files, name)
+    train, stats = _rows_from_files(train_files, name, strict, max_chars)
     if eval_source is not None:
-        evals, _ = load_rows(eval_source)
+        evals, stats.evaluation = load_rows(eval_source, strict, max_chars)
     elif eval_files:
-        evals, _ = _rows_from_files(eval_files, f"{name} (evaluation files)")
+        evals, stats.evaluation = _rows_from_files(eval_files, f"{name} (evaluation files)",
+                                                   strict, max_chars)
     else:
         return (*split_rows(train, eval_fraction, seed), stats)
     held_out = set(evals)

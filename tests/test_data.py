@@ -110,32 +110,32 @@ def test_folder_loads_every_data_file_but_keeps_eval_files_apart(tmp_path):
     assert len(stats.files) == 2
 
 
-def test_invalid_json_line_names_the_file_and_line(tmp_path):
+def test_strict_invalid_json_line_names_the_file_and_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps(row_dict(1)) + "\n" + '{"input": "x", "output": \n')
-    with pytest.raises(UserError, match=r"rows\.jsonl line 2 is not valid JSON"):
-        load_rows(path)
+    with pytest.raises(UserError, match=r"rows\.jsonl:2 is not valid JSON"):
+        load_rows(path, strict=True)
 
 
 def test_invalid_json_array_names_the_line(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text('[\n  {"input": "a", "output": "b"},\n  {"input": "c" "output": "d"}\n]\n')
-    with pytest.raises(UserError, match=r"rows\.json line 3 is not valid JSON"):
+    with pytest.raises(UserError, match=r"rows\.json:3 is not valid JSON"):
         load_rows(path)
 
 
-def test_csv_row_with_too_many_fields_names_the_line(tmp_path):
+def test_strict_csv_row_with_too_many_fields_names_the_line(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("instruction,input,output\na,b,c\na,b,c,d\n")
-    with pytest.raises(UserError, match=r"rows\.csv line 3 has more fields"):
-        load_rows(path)
+    with pytest.raises(UserError, match=r"rows\.csv:3 has more fields"):
+        load_rows(path, strict=True)
 
 
-def test_csv_with_broken_quoting_names_the_line(tmp_path):
+def test_strict_csv_with_broken_quoting_names_the_line(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text('instruction,input,output\na,b,c\na,"b"x,c\n')
-    with pytest.raises(UserError, match=r"rows\.csv line 3 is not valid CSV"):
-        load_rows(path)
+    with pytest.raises(UserError, match=r"rows\.csv:3 is not valid CSV"):
+        load_rows(path, strict=True)
 
 
 def test_file_without_the_required_columns_names_them(tmp_path):

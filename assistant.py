@@ -10,7 +10,7 @@
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import safety
 from model.generation import GenerationResult, SamplingConfig, TextStream, generate_stream
@@ -30,6 +30,7 @@ class TurnInfo:
     completion_tokens: int = 0
     finish_reason: str = "stop"                  # "stop" or "length"
     seconds: float = 0.0
+    cancelled: bool = False                      # `cancelled()` said stop: the reply is cut short
 
 
 class Assistant:
@@ -49,8 +50,11 @@ class Assistant:
         return "".join(self.reply_stream(messages, sampling, stop_strings))
 
     def reply_stream(self, messages: list[dict], sampling: SamplingConfig,
-                     stop_strings=(), prompt_ids: list[int] | None = None) -> Iterator[str]:
-        """Yields the reply in screened pieces; `self.last` describes the turn afterwards."""
+                     stop_strings=(), prompt_ids: list[int] | None = None,
+                     cancelled: Callable[[], bool] | None = None) -> Iterator[str]:
+        """Yields the reply in screened pieces; `self.last` describes the turn afterwards.
+        `cancelled` is asked after every token (the server passes "has the client left?"):
+        when it says True, the model stops and the turn ends without further text."""
         info = self.last = TurnInfo()
         start = time.perf_counter()
         crisis_text, result = safety.guard_reply(messages, locale=self.locale)
@@ -66,29 +70,34 @@ class Assistant:
         stream = TextStream(self.tokenizer)
         shown, held = "", ""
         tokens = generate_stream(self.model, ids, sampling, self.chat_format.stop_ids, gen)
-        for token in tokens:
-            held += stream.push(token)
-            held, hit_stop = _cut_at_stop(held, stop_strings)
-            if hit_stop or SENTENCE_END.search(held):
-                # Keep back an end that may be the start of a stop string ("\n" of "\n\n"):
-                # once released, text cannot be taken back if the stop string completes.
-                ready, held = (held, "") if hit_stop else _hold_stop_prefix(held, stop_strings)
-                if ready:
-                    piece = self._screen(messages, shown, ready)
-                    if piece is None:
-                        break
-                    shown += piece
-                    yield piece
-            if hit_stop:
-                gen.stopped = True
-                break
-        else:
-            held, _ = _cut_at_stop(held + stream.flush(), stop_strings)
-            if held and not info.screened:
-                piece = self._screen(messages, shown, held)
-                if piece is not None:
-                    yield piece
-        tokens.close()  # frees the KV cache now, not when garbage-collected
+        try:
+            for token in tokens:
+                if cancelled is not None and cancelled():
+                    info.cancelled = True
+                    break
+                held += stream.push(token)
+                held, hit_stop = _cut_at_stop(held, stop_strings)
+                if hit_stop or SENTENCE_END.search(held):
+                    # Keep back an end that may be the start of a stop string ("\n" of "\n\n"):
+                    # once released, text cannot be taken back if the stop string completes.
+                    ready, held = (held, "") if hit_stop else _hold_stop_prefix(held, stop_strings)
+                    if ready:
+                        piece = self._screen(messages, shown, ready)
+                        if piece is None:
+                            break
+                        shown += piece
+                        yield piece
+                if hit_stop:
+                    gen.stopped = True
+                    break
+            else:
+                held, _ = _cut_at_stop(held + stream.flush(), stop_strings)
+                if held and not info.screened:
+                    piece = self._screen(messages, shown, held)
+                    if piece is not None:
+                        yield piece
+        finally:
+            tokens.close()  # frees the KV cache now (also when the caller stops early or fails)
         if info.screened:
             yield ("\n\n" if shown else "") + self._replacement
         info.prompt_tokens = len(ids)

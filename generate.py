@@ -8,6 +8,7 @@ OpenAI-compatible HTTP server (--serve).
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -35,9 +36,23 @@ p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu
 p.add_argument("--quantize", default=None, choices=["nf4"], help="load the linears in 4-bit NF4")
 p.add_argument("--locale", default="US", help="crisis resources to show (US, GB, IE, CA, AU, NZ, IN, DE, FR, INTL)")
 p.add_argument("--serve", action="store_true", help="run an OpenAI-compatible HTTP server instead of chatting")
-p.add_argument("--host", default="127.0.0.1", help="server address (--serve)")
-p.add_argument("--port", type=int, default=8000, help="server port (--serve)")
+p.add_argument("--host", default="127.0.0.1",
+               help="server address (--serve; default: %(default)s, this machine only; 0.0.0.0 = every interface)")
+p.add_argument("--port", type=int, default=8000, help="server port (--serve; default: %(default)s; 0 = any free port)")
 p.add_argument("--model-name", default=None, help="model name the server reports (default: from --model)")
+p.add_argument("--api-key", default=None,
+               help="ask every request for 'Authorization: Bearer KEY' and answer 401 without it "
+                    "(--serve; default: $LLAMACARE_API_KEY if set, else no key; without one, a --host "
+                    "other than loopback prints a warning)")
+p.add_argument("--max-body", type=int, default=1 << 20,
+               help="largest request body in bytes; a larger Content-Length is answered 413 before "
+                    "the body is read (--serve; default: %(default)s = 1 MiB)")
+p.add_argument("--read-timeout", type=float, default=30.0,
+               help="seconds a client may stay silent while sending a request, or idle between "
+                    "requests, before the server answers 408 or drops it (--serve; default: %(default)s)")
+p.add_argument("--max-connections", type=int, default=32,
+               help="connections served at once (each holds a thread); one more is answered 503 "
+                    "at once (--serve; default: %(default)s)")
 args = p.parse_args()
 
 
@@ -47,6 +62,12 @@ def main():
     if args.no_chat and args.prompt is None and not args.serve:  # before the slow model load
         raise UserError("--no-chat needs --prompt: pass the text to continue, e.g. "
                         "--no-chat --prompt \"Once upon a time\"")
+    if args.serve:  # check the server's flags before the slow model load
+        from server import API_KEY_ENV, ServerConfig
+        server_config = ServerConfig(
+            host=args.host, port=args.port, model_name=args.model_name or (args.model or "SmolLM2-135M-Instruct"),
+            api_key=args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None),
+            max_body=args.max_body, read_timeout=args.read_timeout, max_connections=args.max_connections)
     import safety
     from assistant import Assistant
     from model import load_model, load_tokenizer
@@ -66,8 +87,7 @@ def main():
 
     if args.serve:
         from server import serve
-        name = args.model_name or (args.model or "SmolLM2-135M-Instruct")
-        serve(assistant, sampling, host=args.host, port=args.port, model_name=name)
+        serve(assistant, sampling, server_config)
         return
 
     if args.no_chat:  # raw text in, raw continuation out: no template, no chat safety turn

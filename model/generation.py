@@ -11,31 +11,41 @@ from typing import Iterator
 import torch
 
 
+# Below this temperature, sampling is greedy: logits / 1e-300 overflow to inf and softmax to NaN,
+# and at 1e-5 the most likely token already has all the mass for any real model's logits.
+MIN_TEMPERATURE = 1e-5
+
+
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 256
-    temperature: float = 0.0   # 0 = greedy
+    temperature: float = 0.0   # 0 (or below MIN_TEMPERATURE) = greedy
     top_k: int = 0             # 0 = off
-    top_p: float = 1.0         # 1 = off
+    top_p: float = 1.0         # 1 = off; 0 keeps only the most likely token (greedy)
     seed: int | None = None
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> int:
-    """logits (vocab,) -> one token id."""
-    if cfg.temperature <= 0:
+    """logits (vocab,) -> one token id. Never hands multinomial a NaN: a temperature or top_p
+    that leaves nothing to sample from, and logits that are not finite, decode greedily."""
+    if not cfg.temperature >= MIN_TEMPERATURE or not cfg.top_p > 0 or cfg.top_k == 1:
         return int(torch.argmax(logits))
-    logits = logits.float() / cfg.temperature
+    scaled = logits.float() / cfg.temperature
     if cfg.top_k > 0:
-        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1])).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+        kth = torch.topk(scaled, min(cfg.top_k, scaled.shape[-1])).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     if cfg.top_p < 1.0:
-        # Keep the smallest set of most likely tokens whose mass reaches top_p.
+        # Keep the smallest set of most likely tokens whose mass reaches top_p (always the first).
         sorted_probs, order = torch.sort(probs, descending=True)
         mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs[mass_before >= cfg.top_p] = 0.0
+        drop = mass_before >= cfg.top_p
+        drop[0] = False
+        sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
         probs = probs / probs.sum()
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+        return int(torch.argmax(logits))  # NaN/inf logits (an overflowed model): nothing to sample
     return int(torch.multinomial(probs, 1, generator=generator))
 
 

@@ -1,9 +1,11 @@
 """generate.py as people run it: one answer, an interactive chat through stdin, raw text
-continuation, --help, and the crisis path, each in a subprocess on the embedded SmolLM2.
+continuation, --help, the crisis path and the --serve flags, each in a subprocess on the
+embedded SmolLM2.
 
 Answers are kept to 8 tokens: each run loads the model and generates on a CPU.
 """
 
+import http.client
 import os
 import re
 import subprocess
@@ -132,3 +134,67 @@ def test_help_lists_every_flag():
     result = ok(run_generate("--help"))
     missing = [flag for flag in flags if flag not in result.stdout]
     assert missing == []
+
+
+# --- --serve ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag,value", [("--max-body", "0"), ("--read-timeout", "0"),
+                                        ("--max-connections", "0"), ("--api-key", "")])
+def test_bad_server_flag_is_a_one_line_error_before_the_model_loads(flag, value):
+    result = run_generate("--serve", flag, value)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"error: {flag}")
+
+
+def test_help_gives_the_default_of_every_server_limit():
+    help_text = " ".join(ok(run_generate("--help")).stdout.split())
+    for expected in ["$LLAMACARE_API_KEY", "default: 1048576", "default: 30.0", "default: 32",
+                     "default: 127.0.0.1", "default: 8000"]:
+        assert expected in help_text
+
+
+@pytest.fixture(scope="module")
+def keyed_server():
+    """`generate.py --serve` with the key from LLAMACARE_API_KEY and a 2,000-byte body cap, on
+    a free port of 127.0.0.1; yields its port."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LLAMACARE_API_KEY="sk-from-env")
+    proc = subprocess.Popen([sys.executable, str(GENERATE), "--serve", "--port", "0", "--max-body", "2000"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("serving ")):
+            line = proc.stdout.readline()
+            assert line, "the server exited before serving:\n" + "".join(lines)
+            lines.append(line)
+        yield int(re.search(r"http://127\.0\.0\.1:(\d+)/v1", lines[-1]).group(1)), lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def server_status(port: int, method: str, headers: dict) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request(method, "/v1/models" if method == "GET" else "/v1/chat/completions", headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_serve_takes_its_key_from_llamacare_api_key(keyed_server):
+    port, _ = keyed_server
+    assert server_status(port, "GET", {}) == 401
+    assert server_status(port, "GET", {"Authorization": "Bearer sk-from-env"}) == 200
+
+
+def test_serve_refuses_a_body_over_max_body_with_413(keyed_server):
+    port, _ = keyed_server
+    headers = {"Authorization": "Bearer sk-from-env", "Content-Length": "5000"}
+    assert server_status(port, "POST", headers) == 413
+
+
+def test_serve_on_loopback_with_a_key_prints_no_warning(keyed_server):
+    _, lines = keyed_server
+    assert not any(line.startswith("warning") for line in lines)

@@ -39,6 +39,7 @@ class TrainConfig:
     data: str | None = "sample"       # bundled rows, a .json/.jsonl/.csv file, or samhog/psychology-10k
     eval_data: str | None = None      # evaluation rows (default: what --data ships, else a split)
     eval_fraction: float = 0.005      # held-out share when the data has no evaluation file
+    strict: bool = False              # stop at the first bad line instead of skipping and counting it
     template: str = "chat"            # chat (the model's chat format) | alpaca (the seed's prompt)
     max_len: int = 512
     out: str = "runs/cpu-smollm2"
@@ -81,6 +82,8 @@ HELP = {
     "data": "training rows: 'sample' (bundled), a .json/.jsonl/.csv file or folder, or a hub dataset id",
     "eval_data": "evaluation rows (default: the data's own eval file, else a held-out split)",
     "eval_fraction": "share of rows held out for evaluation when the data has no eval file",
+    "strict": "stop at the first line or row that would be skipped (not UTF-8, malformed JSON/CSV, "
+              "empty input or output), naming file:line, instead of skipping and counting it",
     "template": "prompt format: chat (the model's chat template) or alpaca (the seed's prompt)",
     "max_len": "longest example in tokens; longer rows are truncated and counted",
     "out": "run folder for the adapter, metrics, plot and checkpoints",
@@ -152,8 +155,10 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
 
     # -------------------------------------------------------------------- data
-    from data import load_train_eval
-    train_rows, eval_rows, load_stats = load_train_eval(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed)
+    from data import field_char_limit, load_train_eval
+    # Fields are cut to what max_len tokens could need before anything is tokenized (data/cap.py).
+    train_rows, eval_rows, load_stats = load_train_eval(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed,
+                                                        strict=cfg.strict, max_chars=field_char_limit(cfg.max_len))
     print(f"data: {len(train_rows)} training rows, {len(eval_rows)} evaluation rows ({load_stats.summary()})")
 
     if cfg.arch in ("rnn", "lstm"):
@@ -385,7 +390,7 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
 
 def _resumable(cfg: TrainConfig) -> dict:
     """Settings that must not change across --resume (max_steps, eval/save cadence may)."""
-    free = {"max_steps", "eval_every", "save_every", "log_every", "merge", "device", "out"}
+    free = {"max_steps", "eval_every", "save_every", "log_every", "merge", "device", "out", "strict"}
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
 
 

@@ -287,11 +287,11 @@ def test_help_explains_every_flag():
         assert flag in run.stdout
 
 
-def test_bad_data_file_is_a_one_line_error(tiny_dir, tmp_path):
+def test_bad_data_line_under_strict_is_a_one_line_error(tiny_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "input": "b", "output": "c"}\nnot json\n')
     run = subprocess.run([sys.executable, "train.py", "--model", str(tiny_dir), "--data", str(bad),
-                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+                          "--out", str(tmp_path / "o"), "--strict"], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()
     assert len(last) == 1 and "bad.jsonl" in last[0] and "2" in last[0]

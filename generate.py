@@ -48,8 +48,9 @@ p.add_argument("--max-body", type=int, default=1 << 20,
                help="largest request body in bytes; a larger Content-Length is answered 413 before "
                     "the body is read (--serve; default: %(default)s = 1 MiB)")
 p.add_argument("--read-timeout", type=float, default=30.0,
-               help="seconds a client may stay silent while sending a request, or idle between "
-                    "requests, before the server answers 408 or drops it (--serve; default: %(default)s)")
+               help="seconds a client has to send a whole request (line, headers and body: 408 past "
+                    "it) and to start the next one on an open connection (closed past it) "
+                    "(--serve; default: %(default)s)")
 p.add_argument("--max-connections", type=int, default=32,
                help="connections served at once (each holds a thread); one more is answered 503 "
                     "at once (--serve; default: %(default)s)")

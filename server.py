@@ -17,6 +17,7 @@ generation at the next token, streamed or not. The limits are ServerConfig's fie
 """
 
 import hmac
+import io
 import ipaddress
 import json
 import re
@@ -48,7 +49,7 @@ class ServerConfig:
     model_name: str = "local"
     api_key: str | None = None   # None: no key asked; else every request needs "Bearer <key>"
     max_body: int = 1 << 20      # bytes; a larger Content-Length gets 413 without being read
-    read_timeout: float = 30.0   # seconds a client may stay silent mid-request or between requests
+    read_timeout: float = 30.0   # seconds to send a whole request, or to start the next one
     max_connections: int = 32    # connections served at once; one more gets 503 straight away
 
     def __post_init__(self):
@@ -70,7 +71,7 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         default_request_version = "HTTP/1.0"  # a garbage request line still gets a status line
-        timeout = config.read_timeout          # every socket read and write waits at most this
+        timeout = config.read_timeout          # a write waits at most this (reads: _DeadlineReader)
         server_version = "llamacare"
 
         # --- one request: parse, route, and the guarantee that it is answered -----------------
@@ -80,6 +81,7 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
             a timeout mid-request (408) and any exception (500, one log line)."""
             self.responded, self.raw_requestline = False, b""
             self.requestline, self.command, self.request_version = "", None, self.default_request_version
+            self.reader.restart()  # the whole next request (line, headers, body) within read_timeout
             try:
                 self.raw_requestline = self.rfile.readline(65537)
                 if not self.raw_requestline:  # the client closed an idle connection
@@ -94,7 +96,8 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
                 if self.command not in METHODS:
                     return self.send_error(501, f"Unsupported method {self.command!r}")
                 self.route()
-            except TimeoutError:  # the client went silent
+            except TimeoutError:  # the client went silent, or too slow
+                self.connection.settimeout(config.read_timeout)
                 if self.raw_requestline and not self.responded:  # mid-request, not idle
                     self._answer_error(408, f"The request did not arrive within {config.read_timeout:g} s "
                                             "(--read-timeout).", code="request_timeout")
@@ -108,6 +111,7 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
                 self.close_connection = True
 
         def route(self):
+            self.connection.settimeout(config.read_timeout)  # for writes; reads keep the deadline
             path = self.path.split("?", 1)[0].rstrip("/")
             if config.api_key is not None and not self._authorized():
                 return self._refuse(401, "Missing or wrong API key: send 'Authorization: Bearer <key>' "
@@ -148,18 +152,12 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
                                          f"{config.max_body} (--max-body).", code="request_too_large")
             if self.headers.get("Expect", "").lower() == "100-continue":  # the checks passed: send it
                 self.wfile.write(f"{self.protocol_version} 100 Continue\r\n\r\n".encode())
-            body, deadline = bytearray(), time.monotonic() + config.read_timeout
-            while len(body) < length:  # the whole body within read_timeout, not per read
-                if time.monotonic() >= deadline:
-                    raise TimeoutError
-                self.connection.settimeout(deadline - time.monotonic())
-                chunk = self.rfile.read1(length - len(body))
-                if not chunk:
-                    return self._refuse(400, f"The request body ended after {len(body)} of {length} bytes.",
-                                        code="incomplete_body")
-                body += chunk
+            body = self.rfile.read(length)  # TimeoutError past the request's deadline
             self.connection.settimeout(config.read_timeout)
-            return bytes(body)
+            if len(body) < length:
+                return self._refuse(400, f"The request body ended after {len(body)} of {length} bytes.",
+                                    code="incomplete_body")
+            return body
 
         def _chat(self, body: bytes):
             try:
@@ -303,6 +301,9 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
 
         def setup(self):
             super().setup()
+            self.rfile.close()  # http.server's reader restarts its timeout at every read
+            self.reader = _DeadlineReader(self.connection, config.read_timeout)
+            self.rfile = io.BufferedReader(self.reader)
             self.unread_input = False
 
         def finish(self):
@@ -340,6 +341,27 @@ def _usage(info) -> dict:
 def _safety(info) -> dict:
     return {**info.safety, "crisis_response": info.crisis, "screened": info.screened,
             "screen_reasons": info.screen_reasons}
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's read side where all reads share one deadline. A plain socket timeout restarts
+    at every read, so a client sending a byte every few seconds could hold a thread for days."""
+
+    def __init__(self, sock: socket.socket, seconds: float):
+        self.sock, self.seconds, self.deadline = sock, seconds, time.monotonic() + seconds
+
+    def restart(self):
+        self.deadline = time.monotonic() + self.seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's read deadline has passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
 
 
 def _linger(sock: socket.socket, seconds: float):

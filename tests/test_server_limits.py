@@ -5,6 +5,8 @@ Each server runs the real SmolLM2 on 127.0.0.1. No test measures time: the timeo
 for the server's answer, the disconnect tests count generated tokens.
 """
 
+import http.client
+import select
 import socket
 import threading
 
@@ -198,6 +200,20 @@ def test_body_that_stops_arriving_gets_a_408(impatient):
 def test_headers_that_stop_arriving_get_a_408(impatient):
     reply = exchange(impatient, b"POST /v1/chat/completions HTTP/1.1\r\nHost: te")
     assert reply.status == 408
+
+
+def test_headers_trickled_a_byte_at_a_time_still_get_a_408(impatient):
+    # Each byte comes well within the timeout; the request as a whole does not. A per-read
+    # socket timeout would wait for ever.
+    with socket.create_connection(("127.0.0.1", impatient), timeout=60) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        for _ in range(600):
+            if select.select([sock], [], [], 0.05)[0]:  # the server has answered
+                break
+            sock.sendall(b"X")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 408
 
 
 def test_idle_connection_is_closed_by_the_server(impatient):

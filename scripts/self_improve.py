@@ -163,8 +163,11 @@ def model_server(port: int, max_new_tokens: int, log_path: Path):
     cmd = ["generate.py", "--serve", "--port", url.rsplit(":", 1)[1],
            "--max-new-tokens", str(max_new_tokens)]
     print(f"$ python {' '.join(cmd)}  (log: {log_path})", flush=True)
+    # The server is this loop's own, on loopback: a LLAMACARE_API_KEY meant for the user's own
+    # server must not make it demand a key that synth does not send.
+    env = {k: v for k, v in os.environ.items() if k != "LLAMACARE_API_KEY"}
     with open(log_path, "a") as log:
-        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:

@@ -96,3 +96,25 @@ def test_the_worked_examples_file_is_valid_and_its_scores_reach_the_summary():
 
 def test_the_summary_names_the_scores_the_worked_examples_show(tmp_path):
     assert "(the worked examples show 30, 90)" in loop.summarize(tmp_path, 85.0, {})
+
+
+def test_the_loops_own_server_ignores_a_users_api_key(tmp_path, monkeypatch):
+    """synth sends no key to the loop's loopback server, so the server must not demand one."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_popen(cmd, **kwargs):
+        seen["env"] = kwargs.get("env")
+        raise Stop
+
+    monkeypatch.setenv("LLAMACARE_API_KEY", "sk-users-own")
+    monkeypatch.setattr(loop.subprocess, "Popen", fake_popen)
+    try:
+        with loop.model_server(0, 8, tmp_path / "server.log"):
+            pass
+    except Stop:
+        pass
+    assert seen["env"] is not None and "LLAMACARE_API_KEY" not in seen["env"]
+    assert seen["env"].get("PATH") == loop.os.environ["PATH"]

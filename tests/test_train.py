@@ -124,7 +124,9 @@ def test_loss_in_vocabulary_chunks_equals_the_loss_in_one_piece(tiny_dir):
     assert max(rows_chunked) == 7 and sum(rows_chunked) == 2 * 48  # forward, then again in backward
     assert abs(chunked - whole) < 1e-4 * whole
     for name, grad in grads_whole.items():
-        assert torch.allclose(grads_chunked[name], grad, atol=1e-6), name
+        # float32 sums in another order (chunks, thread count): agree to 1e-5 of the tensor's scale
+        scale = grad.abs().max().item()
+        assert (grads_chunked[name] - grad).abs().max().item() <= 1e-5 * scale + 1e-8, name
     no_grad, _, rows_no_grad, _ = run(7, grad=False)  # evaluation: chunks, nothing recomputed
     assert sum(rows_no_grad) == 48 and abs(no_grad - whole) < 1e-4 * whole
 

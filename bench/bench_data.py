@@ -7,8 +7,8 @@
 Each file is written to a temporary folder (--workdir) and holds, by bytes, --big-share rows
 with one --big-mb MB field (the output, the input or the instruction, in turn) and the rest
 ordinary rows (the bundled rows, each made unique), plus, every --bad-every lines, a malformed
-JSON line or a line that is not UTF-8 (in turn). `--sizes 630 --big-share 0.97` is about the
-file the issue measured (630 MB, 10,000 lines, 1 MB fields).
+JSON line or a line that is not UTF-8 (in turn). `--sizes 630 --big-share 0.98` makes a file
+like the one the previous loader was measured on (630 MB, about 10,000 lines, 1 MB fields).
 
 For each file a child process (this script with --child FILE) does what train.py does with it:
 loads the tokenizer (the embedded SmolLM2-135M-Instruct's), then
@@ -17,9 +17,12 @@ data.build_examples(rows, tokenizer, "chat", --max-len), and reports
 resource.getrusage(RUSAGE_SELF).ru_maxrss after each step. A first child that only loads the
 tokenizer gives the floor every child starts from.
 
-For comparison (the previous loader is not run here): before rows were streamed and long fields
-cut before tokenizing, a 630 MB file of 10,000 lines with 1 MB fields peaked at 5.35 GB RSS, a
-single non-UTF-8 line rejected the whole file and the first malformed line stopped the load.
+The reference side (--no-naive leaves it out) is the straightforward loader, in a child of its
+own on the same file: read the whole file, split it into lines, skip the lines json.loads
+refuses, tokenize every field whole (the same chat formatting, data.format.encode_row without a
+field cut) and only then truncate to --max-len. It keeps the same rows (the bad lines are
+skipped, not fatal, so both sides do the same work) and makes the same examples; the difference
+in peak RSS is what streaming and cutting fields before tokenizing save.
 """
 
 import argparse
@@ -58,6 +61,8 @@ def parse_args(argv=None):
                         "at the end)")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
     p.add_argument("--json", default=None, metavar="FILE", help="also write every number to FILE as JSON")
+    p.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the straightforward loader on each file (default: on)")
     p.add_argument("--child", default=None, metavar="FILE",
                    help="internal: load and tokenize FILE (or only load the tokenizer, with the "
                         "value 'floor') and print the peaks as one JSON line")
@@ -139,6 +144,8 @@ def child(args) -> dict:
     out = {"rss_floor_mib": peak_mib()}
     if args.child == "floor":
         return out
+    if args.child.startswith("naive:"):
+        return {**out, **naive_child(args.child[len("naive:"):], tokenizer, args.max_len)}
     t0 = time.perf_counter()
     rows, stats = load_rows(args.child, max_chars=field_char_limit(args.max_len))
     out.update(rss_load_mib=peak_mib(), load_s=time.perf_counter() - t0, kept=stats.kept,
@@ -148,6 +155,34 @@ def child(args) -> dict:
     examples, fstats = build_examples(rows, tokenizer, "chat", args.max_len, progress=False)
     out.update(rss_format_mib=peak_mib(), format_s=time.perf_counter() - t0,
                examples=len(examples), tokens=fstats.tokens, longest=fstats.longest)
+    return out
+
+
+def naive_child(path: str, tokenizer, max_len: int) -> dict:
+    """The straightforward loader: the whole file in memory, every field tokenized whole, then
+    truncated. Same rows, same formatting, same examples as ours."""
+    from data.format import _to_example, chat_format_for, encode_row
+    from data.rows import Row
+
+    t0 = time.perf_counter()
+    rows = []
+    for line in Path(path).read_bytes().splitlines():  # the whole file at once
+        try:
+            record = json.loads(line)
+        except ValueError:  # malformed JSON and non-UTF-8 lines alike
+            continue
+        rows.append(Row(*(str(record.get(k) or "").strip() for k in ("instruction", "input", "output"))))
+    out = {"rss_load_mib": peak_mib(), "load_s": time.perf_counter() - t0, "kept": len(rows)}
+    t0 = time.perf_counter()
+    chat = chat_format_for(tokenizer, "chat")
+    examples, tokens = [], 0
+    for row in rows:
+        prompt, reply = encode_row(row, tokenizer, "chat", chat)  # no cut: every field whole
+        example, _ = _to_example(prompt, reply, max_len, tokenizer)
+        examples.append(example)
+        tokens += len(example.input_ids)
+    out.update(rss_format_mib=peak_mib(), format_s=time.perf_counter() - t0,
+               examples=len(examples), tokens=tokens)
     return out
 
 
@@ -168,6 +203,9 @@ def main(argv=None):
             made = write_file(path, int(size_mb * MB), int(args.big_mb * MB), args.bad_every,
                               args.seed, args.big_share)
             measured = run_child(__file__, child_argv, str(path))
+            if args.naive:
+                naive = run_child(__file__, child_argv, f"naive:{path}")
+                measured.update({f"naive_{k}": v for k, v in naive.items()})
             results.append({"size_mb": size_mb, **made, **measured})
             print(f"{path.name}: {measured['summary']}", file=sys.stderr)
             if not args.keep:
@@ -178,18 +216,22 @@ def main(argv=None):
 
     print(f"\nLoading + tokenizing (chat template, max-len {args.max_len}) on {cpu_name()}; "
           f"the tokenizer alone: {floor:.0f} MiB peak RSS\n")
+    naive = args.naive
     print("| file MB | lines | big rows | rows kept | malformed skipped | non-UTF-8 skipped "
           "| fields cut | tokens | peak RSS after load, MiB | peak RSS after tokenizing, MiB "
           "| load s | tokenize s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['bytes'] / MB:.1f} | {r['lines']} | {r['big_rows']} | {r['kept']} "
-              f"| {r['malformed']} | {r['not_utf8']} | {r['capped']} | {r['tokens']} "
-              f"| {r['rss_load_mib']:.0f} | {r['rss_format_mib']:.0f} | {r['load_s']:.1f} "
-              f"| {r['format_s']:.1f} |")
-    print("\nBefore (the issue's measurement, not rerun here): a 630 MB file of 10,000 lines with "
-          "1 MB fields peaked at 5.35 GB RSS; one non-UTF-8 line or one malformed line stopped "
-          "the whole load.")
+        both = lambda key, fmt: (f"{r[key]:{fmt}} / {r['naive_' + key]:{fmt}}"  # noqa: E731
+                                 if naive else f"{r[key]:{fmt}}")
+        print(f"| {r['bytes'] / MB:.1f} | {r['lines']} | {r['big_rows']} | {both('kept', 'd')} "
+              f"| {r['malformed']} | {r['not_utf8']} | {r['capped']} | {both('tokens', 'd')} "
+              f"| {both('rss_load_mib', '.0f')} | {both('rss_format_mib', '.0f')} "
+              f"| {both('load_s', '.1f')} | {both('format_s', '.1f')} |")
+    if naive:
+        print("\nTwo figures: ours / the straightforward loader (the whole file read at once, "
+              "every field tokenized whole, then truncated), each in a child process of its own "
+              "on the same file.")
     print(f"\ncommand: python bench/bench_data.py {' '.join(sys.argv[1:])}".rstrip())
     if args.json:
         Path(args.json).write_text(json.dumps({"floor_mib": floor, "results": results}, indent=2))

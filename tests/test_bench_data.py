@@ -34,3 +34,13 @@ def test_bench_data_child_counts_what_the_generated_file_holds(tmp_path):
     assert got["kept"] == made["lines"] - made["malformed"] - made["not_utf8"]
     assert got["capped"] == made["big_rows"]  # 50,000 characters > field_char_limit(64)
     assert got["examples"] == got["kept"]
+
+
+def test_bench_data_reference_side_keeps_the_same_rows_and_tokens(tmp_path):
+    """The straightforward loader the bench compares against does the same work as ours."""
+    bench = load_bench()
+    path = tmp_path / "rows.jsonl"
+    bench.write_file(path, size=300_000, big_chars=40_000, bad_every=40, seed=1)
+    ours = bench.child(bench.parse_args(["--child", str(path), "--max-len", "64"]))
+    naive = bench.child(bench.parse_args(["--child", f"naive:{path}", "--max-len", "64"]))
+    assert (naive["kept"], naive["examples"], naive["tokens"]) == (ours["kept"], ours["examples"], ours["tokens"])

@@ -20,6 +20,7 @@ does not beat that baseline has learned nothing about order.
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -267,8 +268,10 @@ def train_char_model(train_texts: list[str], eval_texts: list[str], config: Char
 # ---------------------------------------------------------------------- saving and loading
 def save_char_model(model: CharModel, vocab: CharVocab, out_dir: str | Path) -> Path:
     path = Path(out_dir) / CHECKPOINT_NAME
+    tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": _FORMAT, "config": asdict(model.config), "vocab": vocab.chars,
-                "state_dict": model.state_dict()}, path)
+                "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the old file (or none), never half a model
     return path
 
 

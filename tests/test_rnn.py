@@ -3,13 +3,14 @@
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 from model.errors import UserError
 from model.rnn import (END, SEP, UNK, CharConfig, CharModel, CharVocab, bits_per_char,
-                       is_char_run, load_char_model, row_text, sample_answer,
+                       is_char_run, load_char_model, row_text, sample_answer, save_char_model,
                        temperature_probs, train_char_model, unigram_bits_per_char)
 
 FEELINGS = ["anxious", "tired", "lonely", "overwhelmed", "sad", "restless", "numb", "tense"]
@@ -110,6 +111,24 @@ def test_save_and_load_round_trip(trained):
     model, vocab = load_char_model(out)
     assert not model.training and model.config == CharConfig(arch="lstm", **TINY)
     assert bits_per_char(model, vocab, held_out) == pytest.approx(result["val_bpc"], abs=1e-6)
+
+
+def test_a_save_killed_mid_write_keeps_the_previous_model(trained, tmp_path, monkeypatch):
+    import shutil
+    out, result, held_out = trained
+    shutil.copy(out / "char_model.pt", tmp_path / "char_model.pt")
+    model, vocab = load_char_model(tmp_path)
+
+    def killed(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_char_model(model, vocab, tmp_path)
+    monkeypatch.undo()
+    again, _ = load_char_model(tmp_path)
+    assert bits_per_char(again, vocab, held_out) == pytest.approx(result["val_bpc"], abs=1e-6)
 
 
 def test_a_folder_without_checkpoint_is_not_a_char_run(tmp_path):

@@ -96,7 +96,7 @@ def main():
     from data import build_examples, eval_batches, load_rows, pad_id_for
     from data.format import chat_format_for
     from evaluation import metrics
-    from evaluation.minilm import load_sentence_encoder
+    from model.minilm import load_sentence_encoder
     from lora import load_adapter
     from model import load_model, load_tokenizer
     from model.generation import SamplingConfig, generate

@@ -1,8 +1,7 @@
 """Building blocks of the evaluation (evaluate.py puts them together).
 
-    wordpiece.py  BERT's WordPiece tokenizer
-    bert.py       a BERT encoder in plain PyTorch, loaded from Hugging Face weights
-    minilm.py     SentenceEncoder: all-MiniLM-L6-v2 sentence vectors (mean-pooled, unit length)
+    (the sentence encoder, all-MiniLM-L6-v2, lives in model/: model.minilm, model.bert,
+    model.wordpiece; the safety classifier shares it)
     metrics.py    semantic similarity, ranking (MRR, recall@1), ROUGE-L, perplexity,
                   distinct-n, repetition, answer length and stop rate, and the seed report's
                   all-token-pairs cosine for comparison
@@ -13,7 +12,7 @@
 from evaluation.metrics import (distinct_n, mean_length_and_stop_rate, perplexity, ranking,
                                 repetition_rate, rouge_l_f1, seed_token_cosine,
                                 semantic_similarity)
-from evaluation.minilm import SentenceEncoder, load_sentence_encoder
+from model.minilm import SentenceEncoder, load_sentence_encoder
 
 __all__ = ["SentenceEncoder", "load_sentence_encoder", "distinct_n", "mean_length_and_stop_rate",
            "perplexity", "ranking", "repetition_rate", "rouge_l_f1", "seed_token_cosine",

@@ -1,6 +1,6 @@
 """The evaluation's metrics, as small pure functions. Each docstring gives its formula.
 
-Embedding metrics take vectors from evaluation.minilm (one row per text); they normalise the
+Embedding metrics take vectors from model.minilm (one row per text); they normalise the
 rows themselves, so raw vectors work too. Text metrics take plain strings.
 
 Two word tokenisations are used, each said where it is used:

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluation.minilm import cache_root, load_sentence_encoder, packaged_model_dir
-from evaluation.wordpiece import WordPieceTokenizer
+from model.minilm import cache_root, load_sentence_encoder, packaged_model_dir
+from model.wordpiece import WordPieceTokenizer
 from model.errors import UserError
 
 needs_package = pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None,
@@ -104,7 +104,7 @@ def test_the_packaged_zip_is_unzipped_once_and_leaves_no_temporary_folder(model_
 
 
 def test_without_the_package_or_network_the_error_names_the_pip_fix(monkeypatch):
-    import evaluation.minilm as minilm
+    import model.minilm as minilm
 
     def offline(repo_id):
         raise UserError("cannot fetch it")

@@ -10,8 +10,9 @@
     hidden states (B, T, hidden)
 
 Padding tokens are masked out as keys in attention, so the hidden state of a real token does
-not depend on how much padding its row received. Dropout is left out: this encoder only runs
-inference (evaluation embeddings), never training.
+not depend on how much padding its row received. Dropout is left out: the encoder runs inference
+(evaluation embeddings, the safety classifier), and the classifier's training keeps it frozen
+or tunes a top layer briefly, where dropout would only add noise to a small head's inputs.
 
 Weights load by their Hugging Face names ("embeddings.word_embeddings.weight",
 "encoder.layer.0.attention.self.query.weight", ...; a leading "bert." is dropped), renamed in

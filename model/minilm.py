@@ -1,4 +1,5 @@
-"""SentenceEncoder: one 384-number vector per text, from all-MiniLM-L6-v2, for the evaluation.
+"""SentenceEncoder: one 384-number vector per text, from all-MiniLM-L6-v2, for the
+evaluation's similarity and the safety classifier.
 
     texts -> WordPiece ids (B, T) -> BERT (6 layers) -> hidden (B, T, 384)
           -> mean over the real tokens (padding excluded) -> L2-normalise -> (B, 384)
@@ -27,8 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evaluation.bert import BertModel
-from evaluation.wordpiece import WordPieceTokenizer
+from model.bert import BertModel
+from model.wordpiece import WordPieceTokenizer
 from model.errors import UserError
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"

@@ -381,8 +381,9 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
     if cfg.merge:
         save_merged(model, out / "merged", source_dir=folder, dtype=dtype)
     print_outputs(out, [("adapter", "adapter_model.safetensors"), ("adapter", "adapter_config.json"),
-                        ("loss plot", "loss.png"), ("metrics", "metrics.jsonl"),
-                        ("checkpoint", checkpoint.CHECKPOINT_NAME), ("config", "train_config.json")]
+                        ("base model", "base_model.json"), ("loss plot", "loss.png"),
+                        ("metrics", "metrics.jsonl"), ("checkpoint", checkpoint.CHECKPOINT_NAME),
+                        ("step", checkpoint.STATE_NAME), ("config", "train_config.json")]
                   + ([("merged", "merged")] if cfg.merge else []))
     print(f"chat with it: python generate.py --adapter {out}")
     print(f"train further: the same flags plus --resume --max-steps N (N > {step})")

@@ -92,7 +92,8 @@ def test_a_finished_run_names_every_file_it_wrote(tmp_path, smollm2_dir, capsys)
                 "--batch-size", "2", "--eval-every", "0"])
     named = _named_paths(capsys.readouterr().out, out)
     assert {p.name for p in named} >= {"adapter_model.safetensors", "adapter_config.json", "loss.png",
-                                       "metrics.jsonl", "checkpoint.pt", "train_config.json"}
+                                       "metrics.jsonl", "checkpoint.pt", "train_config.json",
+                                       "base_model.json", "state.json"}
     assert all(p.exists() for p in named), [p for p in named if not p.exists()]
 
 

@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     if (args.text is None) == (args.file is None):
         parser.error("give either a text argument or --file F, not both or neither")
     try:
+        if args.text is not None:
+            _check_utf8(args.text)
         if args.file is not None:
             for record in _read_jsonl(args.file):
                 try:
@@ -71,6 +73,15 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_utf8(text: str) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates; name them instead of crashing."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SafetyError(f"the text is not valid UTF-8 (at character {e.start + 1}); pass UTF-8 "
+                          "text.") from None
 
 
 def _check(conversation, args) -> dict:
@@ -94,12 +105,17 @@ def _check(conversation, args) -> dict:
 def _read_jsonl(path: str):
     """Yields {"line": n, "conversation": str | list} per non-empty line; SafetyError if bad."""
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # bytes: each line is decoded on its own, so an error names its line
     except OSError as e:
         raise SafetyError(f"cannot read --file {path}: {e.strerror}; pass an existing JSONL "
                           f"file.") from None
     with f:
-        for n, line in enumerate(f, start=1):
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SafetyError(f"{path} line {n}: not UTF-8 (byte {raw[e.start]:#04x} at "
+                                  f"column {e.start + 1}); save the file as UTF-8.") from None
             if not line.strip():
                 continue
             try:

@@ -14,8 +14,15 @@ message or three turns apart, they are method-seeking after a loss. The rules:
     preparation (giving things away, goodbye letters)
         + other distress or a loss                      -> crisis (suicidal_ideation)
     distress alone, or a negated crisis phrase          -> concern
+    a crisis phrase told as over ("ten years clean now",
+        "after my attempt in 2015 I got help")          -> concern (unless it is back: "again")
+
+Then the trained classifier (learned.py, on by default) reads the latest user turns; the final
+level is the higher of the two. It can raise the lexicon's level, never lower it, and the
+explanation keeps the lexicon's phrases and adds the classifier's score and threshold.
 
 Assistant turns are not the person's risk and are not scanned here (screen.py checks them).
+A long message is scanned in windows of sentences (_WINDOW_CHARS), never cut short.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -23,14 +30,18 @@ from typing import Callable
 
 from .errors import SafetyError
 from .lexicon import ALL_PATTERNS
-from .text import clause_before, is_negated, normalize
-from .words import FICTION, META
+from .text import clause_before, is_negated, normalize, windows
+from .words import FICTION, META, is_resolved
 
 LEVELS = ("none", "concern", "crisis")
 RISK_CATEGORIES = ("suicidal_ideation", "self_harm", "harm_to_others", "abuse",
                    "medical_emergency")
 # How far past a match to look for words that say it was an accident or a joke ("... lol").
 _SUPPRESS_TAIL = 40
+# A message longer than this is scanned in windows of whole sentences (overlapping by
+# _WINDOW_OVERLAP), so the work stays linear in its length: a 1 MB message takes seconds.
+_WINDOW_CHARS = 4000
+_WINDOW_OVERLAP = 400
 
 
 @dataclass
@@ -47,20 +58,26 @@ class SafetyResult:
     level: str = "none"
     categories: list[str] = field(default_factory=list)
     matches: list[Match] = field(default_factory=list)
+    classifier: dict | None = None  # {"score", "threshold", "scope"} when the classifier ran
 
     @property
     def is_crisis(self) -> bool:
         return self.level == "crisis"
 
     def to_dict(self) -> dict:
-        return {"level": self.level, "categories": list(self.categories),
-                "matches": [asdict(m) for m in self.matches]}
+        out = {"level": self.level, "categories": list(self.categories),
+               "matches": [asdict(m) for m in self.matches]}
+        if self.classifier is not None:
+            out["classifier"] = dict(self.classifier)
+        return out
 
 
-# A classifier takes the user turns (oldest first) and returns None or (level, categories).
-# It can only RAISE the level the lexicon found, never lower it. The project ships no
-# classifier; the hook is here so that one can be added without changing callers.
+# A classifier takes the user turns (oldest first) and returns None, (level, categories), or a
+# learned.Verdict (which also carries its score and threshold). It can only RAISE the level the
+# lexicon found, never lower it. detect() uses the shipped one (learned.default_classifier)
+# unless told otherwise: classifier=None runs the lexicon alone.
 Classifier = Callable[[list[str]], "tuple[str, list[str]] | None"]
+DEFAULT = "default"
 
 
 def user_turns(conversation) -> list[tuple[int, str]]:
@@ -92,8 +109,17 @@ def _content_text(content, index: int) -> str:
 
 
 def scan_message(text: str, index: int) -> list[Match]:
-    """Every lexicon hit in one message, with negation, fiction and accident checks applied."""
+    """Every lexicon hit in one message, with negation, fiction, accident and tense checks
+    applied; a long message is scanned a window of sentences at a time."""
+    if len(text) > _WINDOW_CHARS:
+        return [m for part in windows(text, _WINDOW_CHARS, _WINDOW_OVERLAP)
+                for m in _scan(part, index)]
+    return _scan(text, index)
+
+
+def _scan(text: str, index: int) -> list[Match]:
     norm = normalize(text)
+    resolved = is_resolved(norm)  # "I self-harmed in school, ten years clean now"
     in_fiction = FICTION.search(norm) is not None
     found = []
     for pattern in ALL_PATTERNS:
@@ -104,32 +130,44 @@ def scan_message(text: str, index: int) -> list[Match]:
             around = clause_before(norm, start) + norm[start:end + _SUPPRESS_TAIL]
             if pattern.suppress is not None and pattern.suppress.search(around):
                 continue
-            if pattern.meta_ok and META.search(norm[:start]):
+            if pattern.meta_ok and META.search(norm[max(0, start - 80):start]):
                 continue
             level, name = pattern.level, pattern.name
             if pattern.negatable and is_negated(norm, start):
                 level, name = pattern.negated_level, name + ".negated"
             elif pattern.calm is not None and pattern.calm.search(around):
                 level, name = "concern", name + ".past"
+            elif level == "crisis" and resolved:
+                level, name = "concern", name + ".resolved"
             if level == "none":
                 continue
             found.append(Match(pattern.category, text[start:end].strip(), index, name, level))
     return found
 
 
-def detect(conversation, classifier: Classifier | None = None) -> SafetyResult:
+def detect(conversation, classifier: Classifier | str | None = DEFAULT) -> SafetyResult:
     """How much risk the person's messages show, and why.
 
-    conversation: a string, or a list of {"role", "content"} messages (only "user" turns count).
-    classifier: optional hook for a learned model; see `Classifier`. The lexicon result stands
-    unless the classifier reports a higher level.
+    conversation: a string, or a list of {"role", "content"} messages (only "user" turns count;
+    a conversation without one has no risk to find: level "none").
+    classifier: DEFAULT (the shipped classifier, when it can run here), None (the lexicon
+    alone), or any `Classifier`. The lexicon result stands unless the classifier reports a
+    higher level.
     """
     turns = user_turns(conversation)
     hits = [m for index, text in turns for m in scan_message(text, index)]
     reported = _combine(hits)
-    if classifier is not None:
-        reported += _classifier_matches(classifier, turns, reported)
-    return _result(reported)
+    if classifier == DEFAULT:
+        from .learned import default_classifier  # torch is imported only when it is used
+        classifier = default_classifier()
+    verdict = None
+    if classifier is not None and turns:
+        verdict = classifier([text for _, text in turns])
+        reported += _classifier_matches(verdict, turns, reported)
+    result = _result(reported)
+    if verdict is not None and hasattr(verdict, "to_dict"):
+        result.classifier = verdict.to_dict()
+    return result
 
 
 def _combine(hits: list[Match]) -> list[Match]:
@@ -192,15 +230,17 @@ def _result(matches: list[Match]) -> SafetyResult:
     return SafetyResult(level, categories, matches)
 
 
-def _classifier_matches(classifier, turns, reported: list[Match]) -> list[Match]:
-    verdict = classifier([text for _, text in turns])
+def _classifier_matches(verdict, turns, reported: list[Match]) -> list[Match]:
+    """The matches that explain a classifier's higher level (none when it is not higher)."""
     if verdict is None:
         return []
-    level, categories = verdict
+    if isinstance(verdict, tuple):
+        (level, categories), index = verdict, turns[-1][0]
+    else:  # a learned.Verdict: it says which turn its highest score ended at
+        level, categories, index = verdict.level, verdict.categories, turns[verdict.turn][0]
     if level not in LEVELS:
         raise SafetyError(f"the classifier returned level {level!r}; use one of {LEVELS}.")
     current = max((_rank(m.level) for m in reported), default=0)
     if _rank(level) <= current:
         return []
-    last = turns[-1][0] if turns else 0
-    return [Match(c, "", last, "classifier", level) for c in (categories or ["distress"])]
+    return [Match(c, "", index, "classifier", level) for c in (categories or ["distress"])]

@@ -5,14 +5,15 @@ ask the model at all. row_is_safe checks one synthetic training row, so that the
 the model never shows it giving methods, doses or diagnoses, or talking past a crisis.
 """
 
-from .detect import Classifier, SafetyResult, detect
+from .detect import DEFAULT, Classifier, SafetyResult, detect
 from .respond import crisis_pending, crisis_response, has_crisis_support
 from .screen import screen_output
 
 
 def guard_reply(conversation, locale: str = "US",
-                classifier: Classifier | None = None) -> tuple[str | None, SafetyResult]:
-    """(crisis response or None, detection result) for the conversation so far.
+                classifier: Classifier | str | None = DEFAULT) -> tuple[str | None, SafetyResult]:
+    """(crisis response or None, detection result) for the conversation so far (the shipped
+    classifier is on by default; see detect).
 
     The crisis response comes back while a crisis has not yet been answered with crisis
     support (see respond.crisis_pending); after that the model may answer again, guided by the

@@ -39,9 +39,15 @@ def normalize(text: str) -> str:
     return "".join(c.lower() if len(c.lower()) == 1 else c for c in plain)
 
 
+# How far back a clause is looked for: far more than any clause people write, and it keeps the
+# checks of a message with thousands of matches linear in its length.
+_CLAUSE_LOOKBACK = 400
+
+
 def clause_before(text: str, start: int) -> str:
-    """The part of the clause that comes before position `start`."""
-    head = text[:start]
+    """The part of the clause that comes before position `start` (at most _CLAUSE_LOOKBACK
+    characters)."""
+    head = text[max(0, start - _CLAUSE_LOOKBACK):start]
     cut = 0
     for m in _CLAUSE_BREAK.finditer(head):
         cut = m.end()
@@ -62,3 +68,22 @@ def sentence_around(text: str, start: int, end: int) -> str:
     rights = [i for i in (text.find(c, end) for c in ".!?\n") if i != -1]
     right = min(rights) + 1 if rights else len(text)
     return text[left:right]
+
+
+_SENTENCE_END = re.compile(r"[.!?\n]\s*")
+
+
+def windows(text: str, size: int, overlap: int) -> list[str]:
+    """`text` as consecutive pieces of at most about `size` characters that end at a sentence
+    end where one is near, each starting `overlap` characters before the previous one ended (so
+    a phrase across a boundary is whole in one of them). Nothing is left out."""
+    pieces, start = [], 0
+    while True:
+        end = min(start + size, len(text))
+        if end < len(text):
+            breaks = [m.end() for m in _SENTENCE_END.finditer(text, start + size // 2, end)]
+            end = breaks[-1] if breaks else end
+        pieces.append(text[start:end])
+        if end >= len(text):
+            return pieces
+        start = max(end - overlap, start + 1)

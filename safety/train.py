@@ -387,6 +387,7 @@ def main(argv=None) -> int:
     # Each file through a temporary name and a rename: a killed run leaves the old ones whole.
     save_file({k: v.contiguous() for k, v in head.items()}, str(out / (HEAD_FILE + ".tmp")))
     os.replace(out / (HEAD_FILE + ".tmp"), out / HEAD_FILE)
+    os.chmod(out / HEAD_FILE, 0o644)        # safetensors writes it private; it is not a secret
     head_cfg.extra = {"variant": name, "dev": {k: dev[k] for k in
                       ("recall", "false_alarm", "n_crisis", "n_non_crisis")},
                       "dev_split": fold_note, "recall_target": cfg.recall_target,

@@ -4,6 +4,7 @@
     python -m safety --file conversations.jsonl          # one JSON result per line
     python -m safety --screen "You have depression."     # check an assistant's output instead
     python -m safety --respond --locale GB "I want to end it all"
+    python -m safety --classifier "thanks for everything, you won't hear from me after tonight"
 
 Exit status 0 whatever the verdict; 2 when the input cannot be read (the message names the file
 and line).
@@ -13,7 +14,7 @@ import argparse
 import json
 import sys
 
-from .detect import detect
+from .detect import DEFAULT, default_choice, detect
 from .errors import SafetyError
 from .respond import crisis_response, locales
 from .screen import screen_output
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"locale for crisis resources (default US; known: "
                              f"{', '.join(locales())}; also UK, EU, en-GB style); an unknown "
                              f"one falls back to INTL with a note")
+    parser.add_argument("--classifier", action=argparse.BooleanOptionalAction, default=None,
+                        help="also ask the trained crisis classifier (safety/classifier.py; "
+                             "default: on only when LLAMACARE_SAFETY_CLASSIFIER=1); its score and "
+                             "threshold join the JSON")
     return parser
 
 
@@ -52,6 +57,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if (args.text is None) == (args.file is None):
         parser.error("give either a text argument or --file F, not both or neither")
+    args.classifier = default_choice() if args.classifier is None else \
+        (DEFAULT if args.classifier else None)
     try:
         if args.text is not None:
             _check_utf8(args.text)
@@ -66,9 +73,9 @@ def main(argv=None) -> int:
             print(json.dumps(screen_output(args.text, locale=args.locale).to_dict(),
                              ensure_ascii=False))
         elif args.respond:
-            print(crisis_response(detect(args.text), args.locale))
+            print(crisis_response(detect(args.text, args.classifier), args.locale))
         else:
-            print(json.dumps(detect(args.text).to_dict(), ensure_ascii=False))
+            print(json.dumps(detect(args.text, args.classifier).to_dict(), ensure_ascii=False))
     except SafetyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -95,7 +102,7 @@ def _check(conversation, args) -> dict:
             raise SafetyError("--screen needs an assistant message in \"messages\" to screen.")
         return screen_output(str(conversation[last].get("content") or ""),
                              conversation=conversation[:last], locale=args.locale).to_dict()
-    result = detect(conversation)
+    result = detect(conversation, args.classifier)
     out = result.to_dict()
     if args.respond:
         out["response"] = crisis_response(result, args.locale) if result.is_crisis else None

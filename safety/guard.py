@@ -5,21 +5,21 @@ ask the model at all. row_is_safe checks one synthetic training row, so that the
 the model never shows it giving methods, doses or diagnoses, or talking past a crisis.
 """
 
-from .detect import DEFAULT, Classifier, SafetyResult, detect
+from .detect import Classifier, SafetyResult, default_choice, detect
 from .respond import crisis_pending, crisis_response, has_crisis_support
 from .screen import screen_output
 
 
 def guard_reply(conversation, locale: str = "US",
-                classifier: Classifier | str | None = DEFAULT) -> tuple[str | None, SafetyResult]:
-    """(crisis response or None, detection result) for the conversation so far (the shipped
-    classifier is on by default; see detect).
+                classifier: Classifier | str | None = "from-env") -> tuple[str | None, SafetyResult]:
+    """(crisis response or None, detection result) for the conversation so far (the classifier
+    as detect() chooses it unless one is given).
 
     The crisis response comes back while a crisis has not yet been answered with crisis
     support (see respond.crisis_pending); after that the model may answer again, guided by the
     system prompt and checked by screen_output.
     """
-    result = detect(conversation, classifier=classifier)
+    result = detect(conversation, classifier=default_choice() if classifier == "from-env" else classifier)
     if crisis_pending(conversation, result):
         return crisis_response(result, locale), result
     return None, result

@@ -7,6 +7,7 @@ raise the alarm) and screening.jsonl (assistant outputs, safe or not and why).
 
 import ast
 import json
+import os
 import logging
 import re
 import subprocess
@@ -427,7 +428,7 @@ def test_cli_runs_as_a_module():
 # --- dependencies --------------------------------------------------------------------------------
 
 # The files that run the trained classifier; everything else in safety/ is standard library only.
-CLASSIFIER_FILES = {"classifier.py", "train.py", "train_data.py"}
+CLASSIFIER_FILES = {"classifier.py", "train.py", "train_data.py", "train_lora.py"}
 
 
 def test_safety_package_outside_the_classifier_imports_only_the_standard_library():
@@ -449,8 +450,9 @@ def test_without_torch_the_lexicon_still_works_and_one_line_says_the_classifier_
     script = ("import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
               "from safety import detect\n"
               "print(detect('I want to die').level, detect('thanks for everything, bye').level)")
+    env = {**os.environ, "LLAMACARE_SAFETY_CLASSIFIER": "1"}  # ask for it: it is off by default
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "crisis"
     lines = proc.stderr.strip().splitlines()

@@ -155,10 +155,10 @@ def _scan(text: str, index: int) -> list[Match]:
     return found
 
 
-_FROM_ENV = "from-env"
+FROM_ENV = "from-env"  # the default of detect() and guard_reply(): default_choice() decides
 
 
-def detect(conversation, classifier: Classifier | str | None = _FROM_ENV) -> SafetyResult:
+def detect(conversation, classifier: Classifier | str | None = FROM_ENV) -> SafetyResult:
     """How much risk the person's messages show, and why.
 
     conversation: a string, or a list of {"role", "content"} messages (only "user" turns count;
@@ -167,7 +167,7 @@ def detect(conversation, classifier: Classifier | str | None = _FROM_ENV) -> Saf
     alone), or any `Classifier`; left out, DEFAULT when LLAMACARE_SAFETY_CLASSIFIER=1, else
     None. The lexicon result stands unless the classifier reports a higher level.
     """
-    if classifier == _FROM_ENV:
+    if classifier == FROM_ENV:
         classifier = default_choice()
     turns = user_turns(conversation)
     hits = [m for index, text in turns for m in scan_message(text, index)]

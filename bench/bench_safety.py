@@ -8,9 +8,10 @@ Single messages: every message of tests/data/safety/crisis.jsonl and non_crisis.
 conversation counts as its user turns joined), each timed alone --repeats times, after
 --warmup untimed passes: (i) safety.detect on the text, (ii) safety.detect and then the
 classifier's scores([text]), which is what a chat turn pays with both on. p50 and p95 are over
-all timed calls. With --file, the file's texts are also scored in batches of --batch-size:
-messages per second for the lexicon (one call per text) and for the classifier (one call per
-batch). Prints a Markdown table and the command that made it.
+all timed calls. With --file, messages per second over the file's texts: the lexicon (one call per text), the
+classifier alone in batches of --batch-size, and detection with both, one detect() per text
+versus what `python -m safety --file` does (the classifier batched over 128 lines, then one
+detect() per line). Prints a Markdown table and the command that made it.
 """
 
 import argparse
@@ -95,31 +96,55 @@ def main(argv=None) -> int:
     sets = Path(args.sets)
     texts = read_texts(sets / "crisis.jsonl") + read_texts(sets / "non_crisis.jsonl")
 
+    lexicon = lambda t: detect(t, classifier=None)                       # noqa: E731
+
     def both(t):
-        detect(t)
-        clf.scores([t])
+        detect(t, classifier=None)
+        clf.scores([t])                  # uncached, as a chat's new turn pays it
 
     results = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "messages": len(texts)}
     rows = []
-    for name, fn in (("lexicon", detect), ("lexicon + classifier", both)):
+    for name, fn in (("lexicon", lexicon), ("lexicon + classifier", both)):
         p50, p95 = percentiles(time_each(fn, texts, args.repeats, args.warmup))
         results[name] = {"p50_ms": p50, "p95_ms": p95}
         rows.append(f"| {name} | single message | {p50:.2f} | {p95:.2f} | |")
     if args.file:
         batch = [r.get("text", "") for r in map(json.loads, Path(args.file).read_text(
             encoding="utf-8").splitlines()) if isinstance(r, dict)]
-        start = time.perf_counter()
-        for t in batch:
-            detect(t)
-        lex = len(batch) / (time.perf_counter() - start)
+        from safety.__main__ import FILE_BATCH
+        from safety.learned import WindowClassifier
+
+        def per_second(fn) -> float:
+            start = time.perf_counter()
+            fn()
+            return len(batch) / (time.perf_counter() - start)
+
+        def one_by_one():                # detect() per line, a fresh cache: no batching
+            window = WindowClassifier(clf)
+            for t in batch:
+                detect(t, classifier=window)
+
+        def file_batches():              # what `python -m safety --file` does
+            window = WindowClassifier(clf)
+            for i in range(0, len(batch), FILE_BATCH):
+                chunk = batch[i:i + FILE_BATCH]
+                window.prefetch([[t] for t in chunk])
+                for t in chunk:
+                    detect(t, classifier=window)
+
         clf.scores(batch[:args.batch_size])                      # warm-up
-        start = time.perf_counter()
-        for i in range(0, len(batch), args.batch_size):
-            clf.scores(batch[i:i + args.batch_size])
-        cls = len(batch) / (time.perf_counter() - start)
-        results["throughput"] = {"lexicon_per_s": lex, "classifier_per_s": cls, "n": len(batch)}
+        lex = per_second(lambda: [detect(t, classifier=None) for t in batch])
+        cls = per_second(lambda: [clf.scores(batch[i:i + args.batch_size])
+                                  for i in range(0, len(batch), args.batch_size)])
+        single, batched = per_second(one_by_one), per_second(file_batches)
+        results["throughput"] = {"lexicon_per_s": lex, "classifier_per_s": cls,
+                                 "detect_one_by_one_per_s": single,
+                                 "detect_file_batches_per_s": batched, "n": len(batch)}
         rows.append(f"| lexicon | {len(batch)} texts, one call each | | | {lex:.0f} |")
-        rows.append(f"| classifier | {len(batch)} texts, batches of {args.batch_size} | | | {cls:.0f} |")
+        rows.append(f"| classifier alone | {len(batch)} texts, batches of {args.batch_size} | | | {cls:.0f} |")
+        rows.append(f"| lexicon + classifier | {len(batch)} texts, one detect() each | | | {single:.0f} |")
+        rows.append(f"| lexicon + classifier | {len(batch)} texts, `--file` (batches of "
+                    f"{FILE_BATCH}) | | | {batched:.0f} |")
 
     print(f"\n{cpu_name()}, torch threads {torch.get_num_threads()}, "
           f"{len(texts)} messages x {args.repeats} repeats\n")

@@ -4,7 +4,7 @@
     python -m safety --file conversations.jsonl          # one JSON result per line
     python -m safety --screen "You have depression."     # check an assistant's output instead
     python -m safety --respond --locale GB "I want to end it all"
-    python -m safety --classifier "thanks for everything, you won't hear from me after tonight"
+    python -m safety "thanks for everything, you won't hear from me after tonight"
 
 Exit status 0 whatever the verdict; 2 when the input cannot be read (the message names the file
 and line).
@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from .detect import DEFAULT, default_choice, detect
+from .detect import DEFAULT, default_choice, detect, user_turns
 from .errors import SafetyError
 from .respond import crisis_response, locales
 from .screen import screen_output
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{', '.join(locales())}; also UK, EU, en-GB style); an unknown "
                              f"one falls back to INTL with a note")
     parser.add_argument("--classifier", action=argparse.BooleanOptionalAction, default=None,
-                        help="also ask the trained crisis classifier (safety/classifier.py; "
-                             "default: on only when LLAMACARE_SAFETY_CLASSIFIER=1); its score and "
-                             "threshold join the JSON")
+                        help="also ask the trained crisis classifier (safety/classifier.py); "
+                             "its score and threshold join the JSON (default: on, unless "
+                             "LLAMACARE_SAFETY_CLASSIFIER=0; --no-classifier: the lexicon alone)")
     return parser
 
 
@@ -63,12 +63,14 @@ def main(argv=None) -> int:
         if args.text is not None:
             _check_utf8(args.text)
         if args.file is not None:
-            for record in _read_jsonl(args.file):
-                try:
-                    out = _check(record["conversation"], args)
-                except SafetyError as e:
-                    raise SafetyError(f"{args.file} line {record['line']}: {e}") from None
-                print(json.dumps(out, ensure_ascii=False))
+            for chunk in _chunks(_read_jsonl(args.file), FILE_BATCH):
+                _prefetch(chunk, args)
+                for record in chunk:
+                    try:
+                        out = _check(record["conversation"], args)
+                    except SafetyError as e:
+                        raise SafetyError(f"{args.file} line {record['line']}: {e}") from None
+                    print(json.dumps(out, ensure_ascii=False))
         elif args.screen:
             print(json.dumps(screen_output(args.text, locale=args.locale).to_dict(),
                              ensure_ascii=False))
@@ -89,6 +91,38 @@ def _check_utf8(text: str) -> None:
     except UnicodeEncodeError as e:
         raise SafetyError(f"the text is not valid UTF-8 (at character {e.start + 1}); pass UTF-8 "
                           "text.") from None
+
+
+FILE_BATCH = 128   # --file lines whose texts the classifier scores in one batched pass
+
+
+def _chunks(records, size: int):
+    chunk = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _prefetch(chunk: list[dict], args) -> None:
+    """Batch the classifier over a chunk of --file lines (one pass instead of one per line);
+    lines that fail here are checked, and named, one by one in _check."""
+    if args.screen or args.classifier != DEFAULT:
+        return
+    from .learned import default_classifier
+    window = default_classifier()
+    if window is None:
+        return
+    conversations = []
+    for record in chunk:
+        try:
+            conversations.append([text for _, text in user_turns(record["conversation"])])
+        except SafetyError:
+            continue
+    window.prefetch(conversations)
 
 
 def _check(conversation, args) -> dict:

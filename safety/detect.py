@@ -17,7 +17,7 @@ message or three turns apart, they are method-seeking after a loss. The rules:
     a crisis phrase told as over ("ten years clean now",
         "after my attempt in 2015 I got help")          -> concern (unless it is back: "again")
 
-Then the trained classifier (learned.py; opt-in, see DEFAULT) reads the latest user turns; the final
+Then the trained classifier (learned.py; on by default, see DEFAULT) reads the latest user turns; the final
 level is the higher of the two. It can raise the lexicon's level, never lower it, and the
 explanation keeps the lexicon's phrases and adds the classifier's score and threshold.
 
@@ -75,19 +75,18 @@ class SafetyResult:
 # A classifier takes the user turns (oldest first) and returns None, (level, categories), or a
 # learned.Verdict (which also carries its score and threshold). It can only RAISE the level the
 # lexicon found, never lower it. classifier=DEFAULT asks the shipped one
-# (learned.default_classifier). It is off unless asked for, or unless the environment variable
-# below is 1 (then chat, the server, synth and evaluate all use it): at the threshold chosen on
-# the corpus it also flags a third of hard non-crisis messages and long everyday text
-# (README, "Safety"), which would put too many people on the crisis path for nothing.
+# (learned.default_classifier); chat, the server, synth and evaluate all use it unless the
+# environment variable below is 0. Without torch or the MiniLM package, it is off after one
+# warning line and the lexicon checks alone.
 Classifier = Callable[[list[str]], "tuple[str, list[str]] | None"]
 DEFAULT = "default"
 CLASSIFIER_ENV = "LLAMACARE_SAFETY_CLASSIFIER"
 
 
 def default_choice() -> str | None:
-    """DEFAULT when LLAMACARE_SAFETY_CLASSIFIER=1, else None (the lexicon alone)."""
+    """DEFAULT (lexicon + classifier) unless LLAMACARE_SAFETY_CLASSIFIER=0 (the lexicon alone)."""
     import os
-    return DEFAULT if os.environ.get(CLASSIFIER_ENV, "") == "1" else None
+    return None if os.environ.get(CLASSIFIER_ENV, "").strip() == "0" else DEFAULT
 
 
 def user_turns(conversation) -> list[tuple[int, str]]:
@@ -164,8 +163,8 @@ def detect(conversation, classifier: Classifier | str | None = FROM_ENV) -> Safe
     conversation: a string, or a list of {"role", "content"} messages (only "user" turns count;
     a conversation without one has no risk to find: level "none").
     classifier: DEFAULT (the shipped classifier, when it can run here), None (the lexicon
-    alone), or any `Classifier`; left out, DEFAULT when LLAMACARE_SAFETY_CLASSIFIER=1, else
-    None. The lexicon result stands unless the classifier reports a higher level.
+    alone), or any `Classifier`; left out, DEFAULT unless LLAMACARE_SAFETY_CLASSIFIER=0. The
+    lexicon result stands unless the classifier reports a higher level.
     """
     if classifier == FROM_ENV:
         classifier = default_choice()

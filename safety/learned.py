@@ -47,13 +47,23 @@ class WindowClassifier:
         self.model, self.window = model, window
         self._seen: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
 
-    def __call__(self, turns: list[str]) -> Verdict | None:
+    def _texts(self, turns: list[str]) -> list[tuple[int, str, str]]:
+        """(turn, text, scope) for each of the latest turns, and their join when there are two+."""
         first = max(0, len(turns) - self.window)
         texts = [(i, t, "message") for i, t in enumerate(turns[first:], start=first) if t.strip()]
-        if not texts:
-            return None
         if len(texts) > 1:
             texts.append((texts[-1][0], "\n".join(t for _, t, _ in texts), "window"))
+        return texts
+
+    def prefetch(self, conversations: list[list[str]]) -> None:
+        """Score the texts of many conversations' user turns in one batched encoder pass, so
+        that the calls that follow (one per conversation) find them cached: `--file` runs."""
+        self._assess([t for turns in conversations for _, t, _ in self._texts(turns)])
+
+    def __call__(self, turns: list[str]) -> Verdict | None:
+        texts = self._texts(turns)
+        if not texts:
+            return None
         assessed = self._assess([t for _, t, _ in texts])
         best = max(range(len(texts)), key=lambda k: assessed[k][0])
         turn, _, scope = texts[best]

@@ -85,12 +85,16 @@ def _hash01(text: str) -> float:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) / 0x100000000
 
 
-def writer_folds(items: list[Item], hash_folds: int = 5) -> tuple[list[int], str]:
-    """A fold number per item, and how the folds were made: one fold per writer, or (with a
-    single writer) `hash_folds` folds by a hash of the text."""
+def writer_folds(items: list[Item], folds: int = 0, hash_folds: int = 5) -> tuple[list[int], str]:
+    """A fold number per item, and how the folds were made. Writers, in name order, are dealt
+    round-robin into `folds` folds (0: one fold per writer); with a single writer (a tiny test
+    corpus), `hash_folds` folds by a hash of the text."""
     writers = sorted({it.writer for it in items})
     if len(writers) >= 2:
-        return [writers.index(it.writer) for it in items], f"one fold per writer ({', '.join(writers)})"
+        n = len(writers) if folds <= 0 else min(folds, len(writers))
+        groups = [[w for k, w in enumerate(writers) if k % n == f] for f in range(n)]
+        note = "; ".join(f"fold {f}: {', '.join(g)}" for f, g in enumerate(groups))
+        return [writers.index(it.writer) % n for it in items], f"writers in {n} folds ({note})"
     return ([int(_hash01(it.text) * hash_folds) for it in items],
             f"{hash_folds} folds by a hash of the text (a single writer)")
 

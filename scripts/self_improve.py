@@ -164,8 +164,13 @@ def model_server(port: int, max_new_tokens: int, log_path: Path):
            "--max-new-tokens", str(max_new_tokens)]
     print(f"$ python {' '.join(cmd)}  (log: {log_path})", flush=True)
     # The server is this loop's own, on loopback: a LLAMACARE_API_KEY meant for the user's own
-    # server must not make it demand a key that synth does not send.
+    # server must not make it demand a key that synth does not send. It is a tool, not a chat
+    # with a person: its "user" turns are synth's requests, and the judge's quote a patient and
+    # an answer beside worked examples. The trained crisis classifier reads such a quote as the
+    # sender's own words and would answer it with crisis resources instead of a score, so this
+    # server runs the lexicon alone; synth still checks every row with the full safety layer.
     env = {k: v for k, v in os.environ.items() if k != "LLAMACARE_API_KEY"}
+    env["LLAMACARE_SAFETY_CLASSIFIER"] = "0"
     with open(log_path, "a") as log:
         proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:

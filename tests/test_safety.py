@@ -73,8 +73,9 @@ def test_multi_turn_cases_need_the_whole_conversation():
     for row in (r for r in CRISIS if r["kind"] == "multi_turn"):
         users = [m["content"] for m in row["messages"] if m["role"] == "user"]
         assert len(users) >= 2
-        assert all(detect(text).level != "crisis" for text in users), users
-        assert detect(row["messages"]).level == "crisis", users
+        # The lexicon's cross-turn rules (the classifier may well flag a single turn on its own).
+        assert all(detect(text, classifier=None).level != "crisis" for text in users), users
+        assert detect(row["messages"], classifier=None).level == "crisis", users
 
 
 # --- detection behaviour -------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def test_everyday_speech_raises_no_alarm(text):
 
 
 def test_negated_statement_is_at_most_concern():
-    result = detect("I would never kill myself.")
+    result = detect("I would never kill myself.", classifier=None)      # the lexicon's rule
     assert result.level == "concern"
     assert result.matches[0].pattern.endswith(".negated")
 
@@ -154,13 +155,13 @@ def test_match_names_phrase_message_index_and_pattern():
 
 
 def test_hopelessness_is_concern():
-    result = detect("I feel worthless and honestly, what's the point?")
-    assert result.level == "concern"
+    result = detect("I feel worthless and honestly, what's the point?", classifier=None)
+    assert result.level == "concern"             # the lexicon's level; the classifier may raise it
     assert result.categories == ["distress"]
 
 
 def test_result_to_dict_is_json_ready():
-    out = json.loads(json.dumps(detect("i might kms").to_dict()))
+    out = json.loads(json.dumps(detect("i might kms", classifier=None).to_dict()))
     assert set(out) == {"level", "categories", "matches"}
     assert out["matches"][0]["pattern"] == "si.coded_kms"
 
@@ -450,10 +451,29 @@ def test_without_torch_the_lexicon_still_works_and_one_line_says_the_classifier_
     script = ("import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError
               "from safety import detect\n"
               "print(detect('I want to die').level, detect('thanks for everything, bye').level)")
-    env = {**os.environ, "LLAMACARE_SAFETY_CLASSIFIER": "1"}  # ask for it: it is off by default
+    env = {k: v for k, v in os.environ.items() if k != "LLAMACARE_SAFETY_CLASSIFIER"}  # the default
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "crisis"
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "classifier is off" in lines[0] and "lexicon" in lines[0]
+
+
+def test_the_classifier_is_on_by_default_and_off_only_when_the_environment_says_0(monkeypatch):
+    from safety.detect import CLASSIFIER_ENV, DEFAULT, default_choice
+    monkeypatch.delenv(CLASSIFIER_ENV, raising=False)
+    assert default_choice() == DEFAULT
+    for value in ("1", "", "yes"):
+        monkeypatch.setenv(CLASSIFIER_ENV, value)
+        assert default_choice() == DEFAULT, value
+    monkeypatch.setenv(CLASSIFIER_ENV, "0")
+    assert default_choice() is None
+
+
+def test_no_classifier_flag_gives_the_lexicon_alone():
+    line = "thanks for everything, you won't hear from me after tonight"
+    out = subprocess.run([sys.executable, "-m", "safety", "--no-classifier", line], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "classifier" not in json.loads(out.stdout)

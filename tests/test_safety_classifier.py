@@ -34,9 +34,9 @@ def read_set(name: str) -> list[dict]:
 
 
 # Figures of the shipped head on the bundled sets, with a small margin for other CPUs' float sums.
-RECALL_FLOOR = 0.95
-FALSE_ALARM_CEILING = 0.37
-CATEGORY_FLOOR = 0.82
+RECALL_FLOOR = 0.74
+FALSE_ALARM_CEILING = 0.07
+CATEGORY_FLOOR = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +51,21 @@ def test_shipped_head_finds_the_bundled_crisis_messages(clf):
     crisis = read_set("crisis.jsonl")
     flagged = [s >= clf.threshold for s in clf.scores([r["text"] for r in crisis])]
     recall = sum(flagged) / len(flagged)
-    assert recall >= RECALL_FLOOR, recall             # measured 0.969 (126 / 130)
+    assert recall >= RECALL_FLOOR, recall             # measured 0.746 (97 / 130); the lexicon finds all 130
 
 
 def test_shipped_head_false_alarms_on_the_bundled_hard_negatives_stay_low(clf):
     calm = read_set("non_crisis.jsonl")
     flagged = [s >= clf.threshold for s in clf.scores([r["text"] for r in calm])]
     false_alarms = sum(flagged) / len(flagged)
-    assert false_alarms <= FALSE_ALARM_CEILING, false_alarms   # measured 0.342 (52 / 152)
+    assert false_alarms <= FALSE_ALARM_CEILING, false_alarms   # measured 0.059 (9 / 152)
 
 
 def test_shipped_head_names_the_risk_category_of_labelled_crisis_messages(clf):
     rows = [r for r in read_set("crisis.jsonl") if r.get("category") in RISK_CATEGORIES]
     got = clf.categories([r["text"] for r in rows])
     accuracy = sum(g == r["category"] for g, r in zip(got, rows)) / len(rows)
-    assert accuracy >= CATEGORY_FLOOR, accuracy       # measured 0.846 (110 / 130)
+    assert accuracy >= CATEGORY_FLOOR, accuracy       # measured 0.762 (99 / 130)
 
 
 def test_a_crisis_line_after_5000_words_of_small_talk_is_still_found(clf):
@@ -209,7 +209,8 @@ def test_train_help_explains_every_flag():
     out = subprocess.run([sys.executable, "-m", "safety.train", "--help"], capture_output=True,
                          text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
-    for flag in ("--corpus", "--out", "--variant", "--compare", "--loko", "--recall-target",
+    for flag in ("--corpus", "--out", "--variant", "--compare", "--loko", "--loko-together",
+                 "--folds", "--dev-folds", "--recall-target", "--false-alarm-target",
                  "--window", "--overlap", "--hidden", "--steps", "--lr", "--weight-decay",
                  "--lora-layers", "--lora-r", "--lora-epochs", "--long-texts", "--seed",
                  "--check-sets",
@@ -224,6 +225,17 @@ def test_threshold_is_the_highest_that_keeps_the_recall_target():
     assert choose_threshold(scores, ys, 0.9) == 0.1       # 9 of 10 crisis scores kept
     assert choose_threshold(scores, ys, 1.0) == 0.05
     assert choose_threshold(scores, ys, 0.3) == 0.7
+
+
+def test_balanced_threshold_leaves_the_most_room_under_both_targets():
+    from safety.train import balanced_threshold
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.85, 0.55, 0.3, 0.2]
+    ys = [1, 1, 1, 1, 1, 0, 0, 0, 0]
+    # t=0.7: recall 0.6, false alarms 0.25 -> room 0;  t=0.6: 0.8, 0.25 -> room 0.2 (best);
+    # t=0.5: 1.0, 0.5 -> room 0
+    assert balanced_threshold(scores, ys, 0.6, 0.5) == 0.6
+    # No threshold keeps recall >= 0.6 with false alarms <= 0.1: recall wins, as choose_threshold.
+    assert balanced_threshold(scores, ys, 0.6, 0.1) == 0.7
 
 
 def test_long_texts_join_one_writers_messages_and_keep_the_crisis_label():
@@ -261,3 +273,46 @@ def test_corpus_conversations_are_their_user_turns_and_voice_kinds_have_no_categ
                                                      (0, None)]
     assert items[2].writer == "w9"                     # no writer field: the file's name
     assert len(skipped) == 1 and skipped[0].startswith("w9.jsonl:4:")
+
+
+def test_writers_are_dealt_round_robin_into_folds_in_name_order():
+    from safety.train_data import Item, writer_folds
+    items = [Item("x", 0, "idiom", w, None) for w in ("e", "a", "d", "b", "c")]
+    folds, note = writer_folds(items, 2)
+    assert folds == [0, 0, 1, 1, 0]                    # a c e -> fold 0, b d -> fold 1
+    assert "fold 0: a, c, e" in note and "fold 1: b, d" in note
+    assert writer_folds(items, 0)[0] == [4, 0, 3, 1, 2]  # one fold per writer
+
+
+def test_bad_fold_flags_are_named():
+    for flags, name in ((["--folds", "1"], "--folds"), (["--dev-folds", "5"], "--dev-folds"),
+                        (["--loko-together", "0"], "--loko-together")):
+        out = subprocess.run([sys.executable, "-m", "safety.train", *flags], capture_output=True,
+                             text=True, cwd=ROOT, timeout=120)
+        assert out.returncode == 2 and name in out.stderr.splitlines()[-1], out.stderr
+
+
+def test_the_shipped_head_is_the_one_whose_dev_scores_chose_the_threshold(tmp_path):
+    from safety.train import main
+    from safety.train_data import read_corpus
+    corpus = tiny_corpus(tmp_path / "corpus")
+    assert main(["--corpus", str(corpus), "--out", str(tmp_path / "out"), *TINY]) == 0
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    shipped = load_classifier(quiet=True, folder=tmp_path / "out")
+    dev = [it for it in read_corpus(corpus)[0] if it.writer == "a"]      # fold 0 of writers a, b
+    # The threshold is one dev crisis item's own score; merged LoRA weights may move it by 1e-7.
+    flagged = [s >= shipped.threshold - 1e-5 for s in shipped.scores([it.text for it in dev])]
+    crisis = [f for f, it in zip(flagged, dev) if it.y]
+    calm = [f for f, it in zip(flagged, dev) if not it.y]
+    assert cfg["dev"]["n_crisis"] == len(crisis) and cfg["dev"]["n_non_crisis"] == len(calm)
+    assert sum(crisis) / len(crisis) == pytest.approx(cfg["dev"]["recall"])
+    assert sum(calm) / len(calm) == pytest.approx(cfg["dev"]["false_alarm"])
+
+
+def test_by_default_detect_keeps_the_lexicon_phrases_and_adds_score_and_threshold(clf):
+    from safety.detect import detect
+    out = detect("I want to kill myself tonight").to_dict()
+    assert out["level"] == "crisis"
+    assert any(m["pattern"] != "classifier" for m in out["matches"])      # the lexicon's phrase
+    assert out["classifier"]["threshold"] == round(clf.threshold, 4)
+    assert clf.threshold <= out["classifier"]["score"] <= 1

@@ -53,7 +53,9 @@ def server(tmp_path_factory):
     """`python generate.py --serve` on a free port; yields its /v1 base URL; always stopped."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    # As scripts/self_improve.py runs it: a tool for synth, so the lexicon alone guards it (the
+    # classifier would answer the judge's quoted patient messages with crisis resources).
+    env = dict(os.environ, HF_HUB_OFFLINE="1", LLAMACARE_SAFETY_CLASSIFIER="0")
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "generate.py", "--serve", "--port", str(port),
                                  "--max-new-tokens", "24"], cwd=ROOT, env=env, stdout=log,

@@ -1,7 +1,9 @@
-"""The blind set (safety/data/blind/): the figures README reports, asserted, so a regression fails.
+"""The blind sets (safety/data/blind/): the figures README reports, asserted, so a regression fails.
 
-The set is never trained or tuned on. safety/data/blind/final_measurement.json holds what README
-reports per kind; any change in what detection catches or wrongly flags shows up here.
+Neither set is trained or tuned on. blind.jsonl came first; blind2.jsonl was written by a new
+writer after the first set's figures had informed a choice (README, "Safety"), and was measured
+once, with the shipped head. Each *_measurement.json holds what README reports per kind; any
+change in what detection catches or wrongly flags shows up here.
 """
 
 import json
@@ -12,30 +14,46 @@ import pytest
 from safety.report import measure, read_labelled
 
 BLIND = Path(__file__).resolve().parents[1] / "safety" / "data" / "blind"
-REPORTED = json.loads((BLIND / "final_measurement.json").read_text())
+SETS = {"blind": ("blind.jsonl", "final_measurement.json"),
+        "blind2": ("blind2.jsonl", "blind2_measurement.json")}
 
 
-@pytest.fixture(scope="module")
-def items():
-    return read_labelled(str(BLIND / "blind.jsonl"))
+def reported(name: str) -> dict:
+    return json.loads((BLIND / SETS[name][1]).read_text())
 
 
-def test_the_blind_set_holds_338_messages_over_27_kinds(items):
+@pytest.fixture(scope="module", params=sorted(SETS))
+def blind_set(request):
+    return request.param, read_labelled(str(BLIND / SETS[request.param][0]))
+
+
+def test_each_blind_set_holds_338_messages_over_27_kinds(blind_set):
+    _, items = blind_set
     assert len(items) == 338
     assert sum(i["label"] == "crisis" for i in items) == 182
     assert len({i["kind"] for i in items}) == 27
 
 
-def test_lexicon_alone_on_the_blind_set_gives_the_reported_figures(items):
-    got = measure(items, classifier=None)
-    assert got == REPORTED["lexicon"]
-    assert (got["crisis_recall"], got["false_alarm_rate"]) == (0.2033, 0.0128)
+def test_lexicon_alone_gives_the_reported_figures(blind_set):
+    name, items = blind_set
+    assert measure(items, classifier=None) == reported(name)["lexicon"]
 
 
-def test_lexicon_and_classifier_on_the_blind_set_give_the_reported_figures(items):
+def test_lexicon_and_classifier_give_the_reported_figures(blind_set):
     from safety.classifier import load_classifier
     if load_classifier(quiet=True) is None:
         pytest.skip("the classifier cannot run here (torch or the MiniLM package is missing)")
-    got = measure(items, classifier="default")
-    assert got == REPORTED["lexicon_and_classifier"]
-    assert (got["crisis_recall"], got["false_alarm_rate"]) == (1.0, 0.3718)
+    name, items = blind_set
+    assert measure(items, classifier="default") == reported(name)["lexicon_and_classifier"]
+
+
+def test_the_reported_headline_figures():
+    """README's headline numbers, spelled out (the per-kind tables are asserted above)."""
+    figures = {name: (reported(name)["lexicon_and_classifier"]["crisis_recall"],
+                      reported(name)["lexicon_and_classifier"]["false_alarm_rate"]) for name in SETS}
+    assert figures == EXPECTED_HEADLINE
+
+
+# (crisis recall, false-alarm rate) of lexicon + classifier. The targets are >= 0.95 and <= 0.08:
+# recall meets them on both sets; false alarms meet them on the first set only.
+EXPECTED_HEADLINE = {"blind": (0.9725, 0.0705), "blind2": (0.967, 0.0897)}

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     if args.file:
         batch = [r.get("text", "") for r in map(json.loads, Path(args.file).read_text(
             encoding="utf-8").splitlines()) if isinstance(r, dict)]
-        from safety.__main__ import FILE_BATCH
+        from safety.__main__ import FILE_BATCH, chunks
         from safety.learned import WindowClassifier
 
         def per_second(fn) -> float:
@@ -126,8 +126,7 @@ def main(argv=None) -> int:
 
         def file_batches():              # what `python -m safety --file` does
             window = WindowClassifier(clf)
-            for i in range(0, len(batch), FILE_BATCH):
-                chunk = batch[i:i + FILE_BATCH]
+            for chunk in chunks(batch, FILE_BATCH):
                 window.prefetch([[t] for t in chunk])
                 for t in chunk:
                     detect(t, classifier=window)

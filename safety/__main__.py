@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         if args.text is not None:
             _check_utf8(args.text)
         if args.file is not None:
-            for chunk in _chunks(_read_jsonl(args.file), FILE_BATCH):
+            for chunk in chunks(_read_jsonl(args.file), FILE_BATCH):
                 _prefetch(chunk, args)
                 for record in chunk:
                     try:
@@ -96,7 +96,8 @@ def _check_utf8(text: str) -> None:
 FILE_BATCH = 128   # --file lines whose texts the classifier scores in one batched pass
 
 
-def _chunks(records, size: int):
+def chunks(records, size: int):
+    """Lists of `size` records in order (the last may be shorter), read lazily from an iterable."""
     chunk = []
     for record in records:
         chunk.append(record)

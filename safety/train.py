@@ -105,7 +105,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--dev-folds", type=int, default=d.dev_folds,
                    help="how many folds are scored by a head trained without them: the dev "
                    "items that choose the threshold; each costs one training; --dev-folds "
-                   f"equal to --folds scores every item (default: {d.dev_folds})")
+                   "equal to --folds, or --folds 0, scores every item "
+                   f"(default: {d.dev_folds})")
     p.add_argument("--window", type=int, default=d.window,
                    help=f"WordPiece pieces per window (default: {d.window})")
     p.add_argument("--overlap", type=int, default=d.overlap,
@@ -392,7 +393,7 @@ def main(argv=None) -> int:
     data = None                     # every item's window vectors, made when a frozen head needs them
     folds, fold_note = writer_folds(items, cfg.folds)
     n_dev = len(set(folds)) if cfg.folds == 0 else cfg.dev_folds
-    fold_note += f"; dev: fold{'s 0..' + str(n_dev - 1) if n_dev > 1 else ' 0'}"
+    fold_note += "; dev: fold 0" if n_dev == 1 else f"; dev: folds 0..{n_dev - 1}"
     print(f"dev: out-of-fold scores, {fold_note}")
 
     def frozen(hidden):

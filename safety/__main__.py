@@ -97,13 +97,20 @@ FILE_BATCH = 128   # --file lines whose texts the classifier scores in one batch
 
 
 def chunks(records, size: int):
-    """Lists of `size` records in order (the last may be shorter), read lazily from an iterable."""
+    """Lists of `size` records in order (the last may be shorter), read lazily from an iterable.
+    When reading fails (a bad --file line), the records before it come out first, so their
+    results are printed before the one-line error, as without batching."""
     chunk = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) == size:
+    try:
+        for record in records:
+            chunk.append(record)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    except SafetyError:
+        if chunk:
             yield chunk
-            chunk = []
+        raise
     if chunk:
         yield chunk
 

@@ -404,6 +404,15 @@ def test_cli_bad_line_exits_2_naming_file_and_line(capsys, tmp_path):
     assert f"{f} line 2" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_bad_line_still_prints_the_results_of_the_lines_before_it(capsys, tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"text": "I want to die"}) +
+                 "\n{not json\n")
+    code, out, _ = run_cli(capsys, "--file", str(f))
+    assert code == 2
+    assert [json.loads(line)["level"] for line in out.splitlines()] == ["none", "crisis"]
+
+
 def test_cli_missing_file_exits_2_naming_it(capsys, tmp_path):
     code, _, err = run_cli(capsys, "--file", str(tmp_path / "nope.jsonl"))
     assert code == 2 and "nope.jsonl" in err

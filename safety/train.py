@@ -20,7 +20,7 @@ so a crisis line buried in a long message is learned as the reason for its label
 
     python -m safety.train                 # the shipped variant, about 7 minutes on 2 cores
     python -m safety.train --compare       # logistic vs MLP vs LoRA, same split
-    python -m safety.train --loko          # leave-kinds-out recall for every crisis kind
+    python -m safety.train --loko          # leave-one-kind-out recall per crisis kind (resumable)
 """
 
 import argparse
@@ -51,7 +51,7 @@ class TrainConfig:
     variant: str = "lora"
     compare: bool = False
     loko: bool = False
-    loko_together: int = 2
+    loko_together: int = 1
     recall_target: float = 0.95
     false_alarm_target: float = 0.08
     folds: int = 4
@@ -90,8 +90,10 @@ def parse_args(argv=None) -> TrainConfig:
                    "--loko-together) and report its recall at the shipped threshold")
     p.add_argument("--loko-together", type=int, default=d.loko_together,
                    help="with --loko, crisis kinds left out of training this many at a time "
-                   "(1: one training per kind; 2 halves the time, and each kind's recall comes "
-                   f"from a head that saw neither it nor its partner) (default: {d.loko_together})")
+                   "(1: one training per kind, about 6 minutes each; 2 halves the time, and "
+                   "each kind's recall comes from a head that saw neither it nor its partner); "
+                   "an interrupted --loko run resumes where it stopped "
+                   f"(default: {d.loko_together})")
     p.add_argument("--recall-target", type=float, default=d.recall_target,
                    help="dev crisis recall the threshold must keep; the threshold is the one "
                    "with the most room under this and --false-alarm-target on dev, or, when no "
@@ -480,40 +482,25 @@ def main(argv=None) -> int:
     print(f"wrote {out / HEAD_FILE}, {out / CONFIG_FILE}, {out / 'report.json'} "
           f"in {time.time() - t0:.0f} s")
 
-    loko = {}
     if cfg.loko:
-        # Crisis kinds in groups of --loko-together (sorted, dealt round-robin); one head per
-        # group, trained as the shipped one (without fold 0) minus the group's kinds; each kind's
-        # recall on all its items at the shipped (dev-chosen) threshold. Same variant as shipped.
+        from .train_loko import PARTIAL_FILE, leave_kinds_out, mean_recall, table
         fit, score = runs[name]()
-        crisis_kinds = sorted({it.kind for it in real if it.y})
-        n_groups = -(-len(crisis_kinds) // cfg.loko_together)
-        groups = [crisis_kinds[g::n_groups] for g in range(n_groups)]
-        for group in tqdm(groups, desc="leave kinds out", disable=not cfg.progress,
-                          file=sys.stderr):
-            left_out = set(group) | {f"synthetic:{k}" for k in group}
-            keep = [i for i, it in enumerate(items) if folds[i] != 0 and it.kind not in left_out]
-            head_k = fit(keep)
-            for kind in group:
-                held = [i for i, it in enumerate(real) if it.kind == kind]
-                s = score(head_k, held)
-                loko[kind] = {"n": len(s), "left_out_with": sorted(set(group) - {kind}),
-                              "recall": sum(x >= dev["threshold"] for x in s) / len(s),
-                              "scores": [round(x, 6) for x in s]}    # recall at any threshold
-        loko = dict(sorted(loko.items()))
-        loko_mean = sum(r["recall"] for r in loko.values()) / max(len(loko), 1)
-        print(f"\nleave-kinds-out ({name}, {cfg.loko_together} at a time; a head never shown "
-              f"the kind, threshold "
+        skip = {"progress", "compare", "check_sets", "out", "corpus", "loko"}
+        key = {"corpus_hash": head_cfg.extra["corpus_hash"], "threshold": dev["threshold"],
+               "config": {k: v for k, v in asdict(cfg).items() if k not in skip}}
+        loko = leave_kinds_out(fit, score, items, real, folds, dev["threshold"],
+                               cfg.loko_together, key, out, cfg.progress)
+        together = "one kind at a time" if cfg.loko_together == 1 else \
+            f"{cfg.loko_together} kinds at a time"
+        print(f"\nleave-kinds-out ({name}, {together}; a head never shown the kind, threshold "
               f"{dev['threshold']:.4f})\n")
-        print("| kind left out | items | recall |\n|---|---:|---:|")
-        for kind, r in loko.items():
-            print(f"| {kind} | {r['n']} | {r['recall']:.3f} |")
-        print(f"| **mean** | | **{loko_mean:.3f}** |\n")
-
+        print(table(loko) + "\n")
         report["loko"] = loko
-        report["loko_mean_recall"] = round(loko_mean, 4)
+        report["loko_mean_recall"] = round(mean_recall(loko), 4)
+        report["loko_mean_recall_with_lexicon"] = round(mean_recall(loko, "recall_with_lexicon"), 4)
         report["seconds"] = round(time.time() - t0, 1)
         write_json(out / "report.json", report)
+        (out / PARTIAL_FILE).unlink(missing_ok=True)            # folded into report.json
     return 0
 
 

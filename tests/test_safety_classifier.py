@@ -316,3 +316,73 @@ def test_by_default_detect_keeps_the_lexicon_phrases_and_adds_score_and_threshol
     assert any(m["pattern"] != "classifier" for m in out["matches"])      # the lexicon's phrase
     assert out["classifier"]["threshold"] == round(clf.threshold, 4)
     assert clf.threshold <= out["classifier"]["score"] <= 1
+
+
+# ---------------------------------------------------------------- leave-one-kind-out
+def loko_items():
+    from safety.train_data import Item
+    texts = {"farewell": ["thanks for everything, this is goodbye", "the dog has a new home now"],
+             "plan_means": ["I want to kill myself tonight", "the car is running in the garage"],
+             "idiom": ["this commute is killing me", "I could murder a pizza"]}
+    items = [Item(t, int(k != "idiom"), k, w, None)
+             for k, ts in texts.items() for t, w in zip(ts, "ab")]
+    return items, [0 if it.writer == "a" else 1 for it in items]
+
+
+def test_loko_never_trains_on_the_kind_it_scores_and_counts_the_lexicon_beside_it(tmp_path):
+    from safety.train_loko import leave_kinds_out
+    items, folds = loko_items()
+    trained_on = []
+
+    def fit(rows):
+        trained_on.append({items[r].kind for r in rows})
+        return len(trained_on)
+
+    loko = leave_kinds_out(fit, lambda head, rows: [0.0] * len(rows), items, items, folds,
+                           0.5, 1, {"run": 1}, tmp_path, progress=False)
+    assert trained_on == [{"idiom", "plan_means"}, {"farewell", "idiom"}]   # fold 1 only
+    assert loko["farewell"]["recall"] == 0.0 and loko["plan_means"]["recall"] == 0.0
+    # Scores of 0 flag nothing: what is found is the lexicon's alone ("kill myself tonight").
+    assert loko["farewell"]["recall_with_lexicon"] == 0.0
+    assert loko["plan_means"]["recall_with_lexicon"] == 0.5
+
+
+def test_an_interrupted_loko_run_resumes_without_retraining_finished_kinds(tmp_path):
+    from safety.train_loko import PARTIAL_FILE, leave_kinds_out
+    items, folds = loko_items()
+    score = lambda head, rows: [0.9 if head == "farewell-out" else 0.1] * len(rows)   # noqa: E731
+
+    def fit_then_die(rows):
+        kinds = {items[r].kind for r in rows}
+        if "farewell" in kinds:                      # the second group: killed mid-training
+            raise KeyboardInterrupt
+        return "farewell-out"
+
+    with pytest.raises(KeyboardInterrupt):
+        leave_kinds_out(fit_then_die, score, items, items, folds, 0.5, 1, {"run": 1}, tmp_path,
+                        progress=False)
+    assert (tmp_path / PARTIAL_FILE).is_file()
+    calls = []
+    fit = lambda rows: calls.append(rows) or "plan-out"                       # noqa: E731
+    loko = leave_kinds_out(fit, score, items, items, folds, 0.5, 1, {"run": 1}, tmp_path,
+                           progress=False)
+    assert len(calls) == 1                                          # only plan_means retrained
+    assert loko["farewell"]["recall"] == 1.0 and loko["plan_means"]["recall"] == 0.0
+    calls.clear()
+    leave_kinds_out(fit, score, items, items, folds, 0.5, 1, {"run": 2}, tmp_path,
+                    progress=False)
+    assert len(calls) == 2                                   # another key: nothing reused
+
+
+def test_train_loko_writes_each_kind_into_the_report_and_removes_the_partial_file(tmp_path):
+    from safety.train import main
+    corpus = tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    assert main(["--corpus", str(corpus), "--out", str(out), *TINY, "--loko"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    crisis_kinds = {json.loads(line)["kind"] for line in (corpus / "tiny.jsonl").open()
+                    if json.loads(line)["label"] == "crisis"}
+    assert set(report["loko"]) == crisis_kinds
+    for r in report["loko"].values():
+        assert r["left_out_with"] == [] and r["recall"] <= r["recall_with_lexicon"]
+    assert not (out / "loko_partial.json").exists()

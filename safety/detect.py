@@ -25,13 +25,14 @@ Assistant turns are not the person's risk and are not scanned here (screen.py ch
 A long message is scanned in windows of sentences (_WINDOW_CHARS), never cut short.
 """
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .errors import SafetyError
 from .lexicon import ALL_PATTERNS
 from .text import clause_before, is_negated, normalize, windows
-from .words import FICTION, META, is_resolved
+from .words import FICTION, HYPERBOLE, META, helping_others, is_resolved
 
 LEVELS = ("none", "concern", "crisis")
 RISK_CATEGORIES = ("suicidal_ideation", "self_harm", "harm_to_others", "abuse",
@@ -42,6 +43,8 @@ _SUPPRESS_TAIL = 40
 # _WINDOW_OVERLAP), so the work stays linear in its length: a 1 MB message takes seconds.
 _WINDOW_CHARS = 4000
 _WINDOW_OVERLAP = 400
+# A risk phrase about the speaker ("I want to die", "hurting myself") is never someone else's.
+_FIRST_PERSON = re.compile(r"\b(?:i|i'm|im|i've|i'd|i'll|me|my|myself|mine)\b")
 
 
 @dataclass
@@ -129,6 +132,7 @@ def scan_message(text: str, index: int) -> list[Match]:
 def _scan(text: str, index: int) -> list[Match]:
     norm = normalize(text)
     resolved = is_resolved(norm)  # "I self-harmed in school, ten years clean now"
+    helping = helping_others(norm)  # "how do you ask someone if they're thinking about suicide"
     in_fiction = FICTION.search(norm) is not None
     found = []
     for pattern in ALL_PATTERNS:
@@ -148,6 +152,11 @@ def _scan(text: str, index: int) -> list[Match]:
                 level, name = "concern", name + ".past"
             elif level == "crisis" and resolved:
                 level, name = "concern", name + ".resolved"
+            elif level == "crisis" and helping and not _FIRST_PERSON.search(m.group(0)):
+                level, name = "concern", name + ".helping"
+            elif (level == "crisis" and pattern.category in ("suicidal_ideation", "self_harm")
+                  and HYPERBOLE.search(clause_before(norm, start) or norm[:start])):
+                level, name = "concern", name + ".hyperbole"
             if level == "none":
                 continue
             found.append(Match(pattern.category, text[start:end].strip(), index, name, level))

@@ -86,22 +86,65 @@ RESOLVED = re.compile(
     r"\b(?:(?:\d+|a|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|many|several|"
     r"a few|a couple of) (?:years?|months?|decades?) (?:ago|clean|sober|free|since|later|on)|"
     r"(?:years|decades|a long time|long) ago|back in (?:\d{4}|high school|school|college|uni|the day)|"
-    r"in (?:19|20)\d\d|(?:in|at|during) (?:high school|middle school|school|college|uni|university|"
-    r"my teens|my twenties)|as a (?:teen|teenager|kid|child|student)|when i was (?:younger|a teen|"
+    r"in (?:19|20)\d\d|during (?:high school|middle school|school|college|uni|university|"
+    r"my teens|my twenties)|in my (?:teens|twenties)|as a (?:teen|teenager|kid|child|student)|when i was (?:younger|a teen|"
     r"a teenager|a kid|in school|at school|\d+)|(?:i'?m|i am) (?:doing )?(?:well|better|fine|good|okay|ok|"
-    r"stable|safe|in a good place) now|(?:i'?m|i am) (?:now )?(?:in recovery|recovered|"
+    r"stable|safe|happy|in a good place) now|(?:long |well )?behind me|(?:i'?m|i am) (?:now )?(?:in recovery|recovered|"
     r"\w+ (?:years?|months?) clean)|i got (?:help|better|through it|treatment)|"
     r"(?:survived|survivor of) (?:it|my|an|the)|looking back|clean for|sober for|milestone|"
-    r"anniversary)\b")
+    r"anniversary|back then|in my (?:teens|twenties|thirties|forties|fifties|sixties)|"
+    # the person they were then: "I used to think everyone would be better off without me"
+    r"used to (?:think|want|wish|feel|hurt|cut|self-harm|harm|plan|be suicidal)|"
+    r"remember when i (?:wanted|was|said|tried|used)|(?:the )?old me|(?:the|that) (?:version|"
+    r"person) (?:of me )?(?:who|that) (?:was|wanted)|that was (?:in )?(?:\d{4}|years ago|ages "
+    r"ago|a long time ago)|\d+ (?:year|month|day) mark|since i (?:quit|stopped)|"
+    r"(?:therapy|treatment|recovery|the right meds|medication) (?:has )?(?:helped|saved|changed|"
+    r"worked)|recovery is|(?:i'?m|i am) (?:really well|so glad|grateful|glad i'?m still "
+    r"here)|so glad i'?m still here)\b")
+# Kept to words that say the risk is here now; "I want to write about it" or "I'm back in
+# church" are not a return, "I want to die again" or "I can't take it anymore" are.
 RECURRING = re.compile(
     r"\b(?:again|lately|recently|tonight|this (?:week|month|morning|evening|weekend)|right "
-    r"now|these days|anymore|relaps\w*|urges? (?:is|are) back|back to|starting to|started to|"
-    r"thinking about (?:it|doing)|want to|wanna|going to|gonna|planning|plan to|tomorrow)\b")
+    r"now|relaps\w*|urges? (?:is|are) back|(?:i'?m|i am|i'?ve been) back to (?:cutting|hurting|"
+    r"harming|thinking|wanting|planning)|can'?t (?:\w+ ){0,2}anymore|think(?:ing)? about (?:it|"
+    r"doing it)|(?:want|wanna|going|gonna|planning|plan|need) (?:to )?(?:\w+ )"
+    r"{0,2}(?:die|dying|kill|end|hurt|cut|burn|jump|overdose|od|disappear|do it)|tomorrow)\b")
 
 
 def is_resolved(norm: str) -> bool:
     """True when a (normalised) message tells of a crisis as over and nothing says it is back."""
     return RESOLVED.search(norm) is not None and RECURRING.search(norm) is None
+
+
+# Someone asking how to help others, in general or at work: "how do you ask someone if they're
+# thinking about suicide", "as a carer, how should I ask my client ...", "warning signs a
+# student might be ...". The risk words are about other people, and no one is named in danger
+# now (URGENT says when someone is: "my friend wants to die tonight, how do I help her").
+HELPER = re.compile(
+    r"\b(?:how (?:do|should|can|would|could|to|best to|might) (?:i |you |we |one |they |staff |"
+    r"teachers |parents |carers )?(?:best )?(?:ask|talk|respond|react|support|help|approach|screen|"
+    r"assess|handle|raise|bring|check|broach|word|phrase|answer)|warning signs|risk factors|"
+    r"risk assessment|screening|screen for|safety plan|first aid|best practice|evidence "
+    r"(?:behind|for|on)|(?:training|course|lecture|seminar|workshop|module|essay|dissertation|"
+    r"thesis|research) (?:on|about|for|in)|(?:as|i'?m|i am|i work as) an? (?:\w+ )?(?:teacher|"
+    r"nurse|carer|counsell?or|therapist|social worker|doctor|gp|pharmacists?|chaplain|pastor|"
+    r"head of year|emt|paramedic|psycholog\w+|psychiatrist|interpreter|health worker|youth "
+    r"worker|volunteer|lecturer|professor)|(?:pastor|nurse|teacher|gp|doctor|carer|"
+    r"counsell?or|chaplain|paramedic|social worker) here|(?:my|our) (?:clients?|patients?|"
+    r"students?|pupils?|residents?)|an? (?:student|pupil|patient|client|kid|child|resident) "
+    r"(?:might|may|who|tells|told|discloses|writes|says))\b")
+URGENT = re.compile(
+    r"\b(?:tonight|right now|now|today|this (?:morning|evening|weekend)|has a plan|plans? to|"
+    r"going to|gonna|about to|pills|gun|rope|bridge|goodbye|note|won'?t wake|not breathing)\b")
+# Hyperbole about something tedious: "if I hear that song one more time I'll top myself".
+HYPERBOLE = re.compile(
+    r"\bif (?:i|we) (?:\w+ ){0,3}(?:hear|have to|see|get|sit|watch|listen|read|do)\b[^.!?\n]{0,80}"
+    r"\b(?:one more|once more|another)\b")
+
+
+def helping_others(norm: str) -> bool:
+    """True when a (normalised) message asks how to help others and names no one in danger now."""
+    return HELPER.search(norm) is not None and URGENT.search(norm) is None
 
 
 # Pill-type substances for "I took too many"; alcohol is left out (everyday drinking talk).

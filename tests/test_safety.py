@@ -438,7 +438,7 @@ def test_cli_runs_as_a_module():
 # --- dependencies --------------------------------------------------------------------------------
 
 # The files that run the trained classifier; everything else in safety/ is standard library only.
-CLASSIFIER_FILES = {"classifier.py", "train.py", "train_data.py", "train_lora.py"}
+CLASSIFIER_FILES = {"classifier.py", "train.py", "train_data.py", "train_loko.py", "train_lora.py"}
 
 
 def test_safety_package_outside_the_classifier_imports_only_the_standard_library():

@@ -121,3 +121,34 @@ def test_report_names_the_line_of_a_bad_labelled_file(tmp_path):
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "labelled.jsonl line 2" in err[0] and "label" in err[0]
+
+
+def test_asking_how_to_help_others_is_concern_unless_someone_is_in_danger_now():
+    for text in ("How do you ask someone directly if they're thinking about suicide?",
+                 "As a carer, how should I ask my client if she's having suicidal thoughts?",
+                 "what are warning signs a student might be thinking about suicide?"):
+        assert detect(text, classifier=None).level == "concern", text
+    for text in ("My friend says she wants to die tonight, how do I help her?",
+                 "As a nurse, how do I cope? I want to kill myself."):
+        assert detect(text, classifier=None).level == "crisis", text
+
+
+def test_hyperbole_about_something_tedious_is_concern_but_a_plain_threat_to_self_is_not():
+    assert detect("If I hear that song one more time I'll shoot myself, honestly.",
+                  classifier=None).level == "concern"
+    assert detect("I'll shoot myself tonight.", classifier=None).level == "crisis"
+
+
+def test_a_past_told_as_past_is_concern_and_wanting_to_write_about_it_is_not_a_return():
+    for text in ("Remember when I wanted to die after the divorce? So glad I'm still here.",
+                 "I used to think everyone would be better off without me. Recovery is real.",
+                 "After my suicide attempt in 2015 I got help. I want to write about it now."):
+        assert detect(text, classifier=None).level == "concern", text
+    for text in ("I used to want to die and now I want to die again.",
+                 "I tried to kill myself in 2015 and I can't take it anymore."):
+        assert detect(text, classifier=None).level == "crisis", text
+
+
+def test_school_in_a_teenagers_message_is_not_the_past():
+    text = "I'm 16 and my mom's boyfriend hits me. I'm hiding at school in the library."
+    assert detect(text, classifier=None).level == "crisis"

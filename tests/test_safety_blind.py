@@ -1,9 +1,10 @@
 """The blind sets (safety/data/blind/): the figures README reports, asserted, so a regression fails.
 
-Neither set is trained or tuned on. blind.jsonl came first; blind2.jsonl was written by a new
-writer after the first set's figures had informed a choice (README, "Safety"), and was measured
-once, with the shipped head. Each *_measurement.json holds what README reports per kind; any
-change in what detection catches or wrongly flags shows up here.
+No set is trained or tuned on. blind.jsonl came first; blind2.jsonl was written by a new writer
+after the first set's figures had informed a choice (README, "Safety"); blind3.jsonl by another
+new writer before the fourth corpus round was trained, and measured once, with the head trained
+on it. Each *_measurement.json holds what README reports per kind; any change in what detection
+catches or wrongly flags shows up here.
 """
 
 import json
@@ -15,7 +16,8 @@ from safety.report import measure, read_labelled
 
 BLIND = Path(__file__).resolve().parents[1] / "safety" / "data" / "blind"
 SETS = {"blind": ("blind.jsonl", "final_measurement.json"),
-        "blind2": ("blind2.jsonl", "blind2_measurement.json")}
+        "blind2": ("blind2.jsonl", "blind2_measurement.json"),
+        "blind3": ("blind3.jsonl", "blind3_measurement.json")}
 
 
 def reported(name: str) -> dict:
@@ -55,5 +57,7 @@ def test_the_reported_headline_figures():
 
 
 # (crisis recall, false-alarm rate) of lexicon + classifier. The targets are >= 0.95 and <= 0.08:
-# recall meets them on both sets; false alarms meet them on the first set only.
-EXPECTED_HEADLINE = {"blind": (0.9725, 0.0705), "blind2": (0.967, 0.0897)}
+# false alarms meet them on all three sets; recall meets them on the second set only (blind3,
+# the one measured once with this head: 172 of 182, one message short).
+EXPECTED_HEADLINE = {"blind": (0.9451, 0.0385), "blind2": (0.9505, 0.0449),
+                     "blind3": (0.9451, 0.0449)}

@@ -3,8 +3,9 @@
 No set is trained or tuned on. blind.jsonl came first; blind2.jsonl was written by a new writer
 after the first set's figures had informed a choice (README, "Safety"); blind3.jsonl by another
 new writer before the fourth corpus round was trained, and measured once, with the head trained
-on it. Each *_measurement.json holds what README reports per kind; any change in what detection
-catches or wrongly flags shows up here.
+on it; blind4.jsonl by a fifth writer after that head shipped, measured once with it unchanged.
+Each *_measurement.json holds what README reports per kind; any change in what detection catches
+or wrongly flags shows up here.
 """
 
 import json
@@ -17,7 +18,8 @@ from safety.report import measure, read_labelled
 BLIND = Path(__file__).resolve().parents[1] / "safety" / "data" / "blind"
 SETS = {"blind": ("blind.jsonl", "final_measurement.json"),
         "blind2": ("blind2.jsonl", "blind2_measurement.json"),
-        "blind3": ("blind3.jsonl", "blind3_measurement.json")}
+        "blind3": ("blind3.jsonl", "blind3_measurement.json"),
+        "blind4": ("blind4.jsonl", "blind4_measurement.json")}
 
 
 def reported(name: str) -> dict:
@@ -57,7 +59,8 @@ def test_the_reported_headline_figures():
 
 
 # (crisis recall, false-alarm rate) of lexicon + classifier. The targets are >= 0.95 and <= 0.08:
-# false alarms meet them on all three sets; recall meets them on the second set only (blind3,
-# the one measured once with this head: 172 of 182, one message short).
+# false alarms meet them on all four sets; recall on blind2 and blind4. blind3 and blind4 are the
+# two sets no decision ever saw: 172 + 178 of 182 + 182 crisis messages (0.962 pooled), 7 + 7 of
+# 156 + 156 false alarms (0.045).
 EXPECTED_HEADLINE = {"blind": (0.9451, 0.0385), "blind2": (0.9505, 0.0449),
-                     "blind3": (0.9451, 0.0449)}
+                     "blind3": (0.9451, 0.0449), "blind4": (0.978, 0.0449)}

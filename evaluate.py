@@ -30,28 +30,32 @@ import torch
 
 from model.errors import UserError
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--variants", default="base",
-               help="comma-separated: 'base' and/or run folders (a LoRA adapter or an rnn/lstm run)")
-p.add_argument("--model", default=None, help="base model folder or hub id (default: the embedded SmolLM2)")
-p.add_argument("--data", default=None, help="evaluation rows (default: the bundled data/sample/eval.jsonl)")
-p.add_argument("--limit", type=int, default=None, help="use only the first N evaluation rows")
-p.add_argument("--out", default="eval", help="folder for results.md/csv/json, chart.png, examples.jsonl")
-p.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (tokens; x4 characters for char models)")
-p.add_argument("--temperature", type=float, default=0.0, help="LLM sampling temperature (0 = greedy)")
-p.add_argument("--char-temperature", type=float, default=0.8, help="sampling temperature for the char models")
-p.add_argument("--template", default=None, choices=["chat", "alpaca"],
-               help="prompt format (default: each run's own, from its train_config.json; chat for base)")
-p.add_argument("--seed", type=int, default=0, help="seed for sampling; results are deterministic under it")
-p.add_argument("--sts-model", default=None, help="sentence encoder (default: the packaged all-MiniLM-L6-v2)")
-p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-p.add_argument("--quantize", default=None, choices=["nf4"], help="load the LLM in 4-bit NF4")
-p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge")
-p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint of the judge")
-p.add_argument("--judge-model", default=None, help="judge model name")
-p.add_argument("--judge-api-key", default=None, help="judge API key (default: $OPENAI_API_KEY)")
-args = p.parse_args()
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default="base",
+                   help="comma-separated: 'base' and/or run folders (a LoRA adapter or an rnn/lstm run)")
+    p.add_argument("--model", default=None, help="base model folder or hub id (default: the embedded SmolLM2)")
+    p.add_argument("--data", default=None, help="evaluation rows (default: the bundled data/sample/eval.jsonl)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N evaluation rows")
+    p.add_argument("--out", default="eval", help="folder for results.md/csv/json, chart.png, examples.jsonl")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (tokens; x4 characters for char models)")
+    p.add_argument("--temperature", type=float, default=0.0, help="LLM sampling temperature (0 = greedy)")
+    p.add_argument("--char-temperature", type=float, default=0.8, help="sampling temperature for the char models")
+    p.add_argument("--template", default=None, choices=["chat", "alpaca"],
+                   help="prompt format (default: each run's own, from its train_config.json; chat for base)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling; results are deterministic under it")
+    p.add_argument("--sts-model", default=None, help="sentence encoder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--quantize", default=None, choices=["nf4"], help="load the LLM in 4-bit NF4")
+    p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge")
+    p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint of the judge")
+    p.add_argument("--judge-model", default=None, help="judge model name")
+    p.add_argument("--judge-api-key", default=None, help="judge API key (default: $OPENAI_API_KEY)")
+    return p.parse_args(argv)
+
+
 
 COLUMNS = ["variant", "kind", "seed_cosine", "sts", "mrr", "recall_at_1", "ppl", "bits_per_char",
            "rouge_l", "words", "stop_rate", "rep3", "dist2", "flagged", "judge"]
@@ -65,13 +69,14 @@ class Variant:
     template: str
 
 
-def parse_variants(text: str) -> list[Variant]:
+def parse_variants(text: str, template: str | None = None) -> list[Variant]:
+    """--variants as Variants; `template` (--template) overrides each run's own prompt format."""
     from lora.peft_format import CONFIG_NAME
     from model.rnn import is_char_run
     out = []
     for item in [v.strip() for v in text.split(",") if v.strip()]:
         if item == "base":
-            out.append(Variant("base", "base", None, args.template or "chat"))
+            out.append(Variant("base", "base", None, template or "chat"))
             continue
         path = Path(item)
         if not path.is_dir():
@@ -83,7 +88,7 @@ def parse_variants(text: str) -> list[Variant]:
         if is_char_run(path):
             out.append(Variant(path.name, run_cfg.get("arch", "char"), path, "char"))
         elif (path / CONFIG_NAME).is_file():
-            out.append(Variant(path.name, "lora", path, args.template or run_cfg.get("template", "chat")))
+            out.append(Variant(path.name, "lora", path, template or run_cfg.get("template", "chat")))
         else:
             raise UserError(f"--variants: {path} holds neither an adapter ({CONFIG_NAME}) nor a char model")
     if not out:
@@ -91,7 +96,8 @@ def parse_variants(text: str) -> list[Variant]:
     return out
 
 
-def main():
+def main(argv=None):
+    args = parse_args(argv)
     import safety
     from data import build_examples, eval_batches, load_rows, pad_id_for
     from data.format import chat_format_for
@@ -105,7 +111,7 @@ def main():
     from model.weights import resolve_model_dir
     from tqdm import tqdm
 
-    variants = parse_variants(args.variants)
+    variants = parse_variants(args.variants, args.template)
     if args.data is None:
         from data.rows import SAMPLE_DIR
         args.data = str(SAMPLE_DIR / "eval.jsonl")

@@ -16,48 +16,53 @@ import torch
 
 from model.errors import UserError
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--model", default=None,
-               help="model folder or hub repo id (default: the embedded SmolLM2-135M-Instruct)")
-p.add_argument("--adapter", default=None, help="a LoRA adapter folder (a train.py run folder or PEFT adapter)")
-p.add_argument("--prompt", default=None, help="answer this one message and exit (default: interactive chat)")
-p.add_argument("--system", default=None,
-               help="system prompt (default: the safety layer's boundaries prompt; '' for none)")
-p.add_argument("--no-chat", action="store_true", help="feed --prompt to the model raw, with no chat template")
-p.add_argument("--chat-format", default=None, choices=["llama3", "chatml", "alpaca"],
-               help="prompt format (default: detected from the tokenizer)")
-p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate per answer")
-p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
-p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
-p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-p.add_argument("--quantize", default=None, choices=["nf4"], help="load the linears in 4-bit NF4")
-p.add_argument("--locale", default="US", help="crisis resources to show (US, GB, IE, CA, AU, NZ, IN, DE, FR, INTL)")
-p.add_argument("--serve", action="store_true", help="run an OpenAI-compatible HTTP server instead of chatting")
-p.add_argument("--host", default="127.0.0.1",
-               help="server address (--serve; default: %(default)s, this machine only; 0.0.0.0 = every interface)")
-p.add_argument("--port", type=int, default=8000, help="server port (--serve; default: %(default)s; 0 = any free port)")
-p.add_argument("--model-name", default=None, help="model name the server reports (default: from --model)")
-p.add_argument("--api-key", default=None,
-               help="ask every request for 'Authorization: Bearer KEY' and answer 401 without it "
-                    "(--serve; default: $LLAMACARE_API_KEY if set, else no key; without one, a --host "
-                    "other than loopback prints a warning)")
-p.add_argument("--max-body", type=int, default=1 << 20,
-               help="largest request body in bytes; a larger Content-Length is answered 413 before "
-                    "the body is read (--serve; default: %(default)s = 1 MiB)")
-p.add_argument("--read-timeout", type=float, default=30.0,
-               help="seconds a client has to send a whole request (line, headers and body: 408 past "
-                    "it) and to start the next one on an open connection (closed past it) "
-                    "(--serve; default: %(default)s)")
-p.add_argument("--max-connections", type=int, default=32,
-               help="connections served at once (each holds a thread); one more is answered 503 "
-                    "at once (--serve; default: %(default)s)")
-args = p.parse_args()
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="model folder or hub repo id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (a train.py run folder or PEFT adapter)")
+    p.add_argument("--prompt", default=None, help="answer this one message and exit (default: interactive chat)")
+    p.add_argument("--system", default=None,
+                   help="system prompt (default: the safety layer's boundaries prompt; '' for none)")
+    p.add_argument("--no-chat", action="store_true", help="feed --prompt to the model raw, with no chat template")
+    p.add_argument("--chat-format", default=None, choices=["llama3", "chatml", "alpaca"],
+                   help="prompt format (default: detected from the tokenizer)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate per answer")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--quantize", default=None, choices=["nf4"], help="load the linears in 4-bit NF4")
+    p.add_argument("--locale", default="US", help="crisis resources to show (US, GB, IE, CA, AU, NZ, IN, DE, FR, INTL)")
+    p.add_argument("--serve", action="store_true", help="run an OpenAI-compatible HTTP server instead of chatting")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="server address (--serve; default: %(default)s, this machine only; 0.0.0.0 = every interface)")
+    p.add_argument("--port", type=int, default=8000, help="server port (--serve; default: %(default)s; 0 = any free port)")
+    p.add_argument("--model-name", default=None, help="model name the server reports (default: from --model)")
+    p.add_argument("--api-key", default=None,
+                   help="ask every request for 'Authorization: Bearer KEY' and answer 401 without it "
+                        "(--serve; default: $LLAMACARE_API_KEY if set, else no key; without one, a --host "
+                        "other than loopback prints a warning)")
+    p.add_argument("--max-body", type=int, default=1 << 20,
+                   help="largest request body in bytes; a larger Content-Length is answered 413 before "
+                        "the body is read (--serve; default: %(default)s = 1 MiB)")
+    p.add_argument("--read-timeout", type=float, default=30.0,
+                   help="seconds a client has to send a whole request (line, headers and body: 408 past "
+                        "it) and to start the next one on an open connection (closed past it) "
+                        "(--serve; default: %(default)s)")
+    p.add_argument("--max-connections", type=int, default=32,
+                   help="connections served at once (each holds a thread); one more is answered 503 "
+                        "at once (--serve; default: %(default)s)")
+    return p.parse_args(argv)
 
 
-def main():
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be 1 or more, got {args.max_new_tokens}")
     if args.no_chat and args.prompt is None and not args.serve:  # before the slow model load

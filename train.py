@@ -78,9 +78,9 @@ class TrainConfig:
 
 HELP = {
     "arch": "llama fine-tunes an LLM with LoRA; rnn / lstm train the char-level baselines",
-    "model": "model folder or hub repo id (default: the embedded SmolLM2-135M-Instruct)",
+    "model": "model folder or hub repo id; none: the embedded SmolLM2-135M-Instruct",
     "data": "training rows: 'sample' (bundled), a .json/.jsonl/.csv file or folder, or a hub dataset id",
-    "eval_data": "evaluation rows (default: the data's own eval file, else a held-out split)",
+    "eval_data": "evaluation rows; none: the data's own eval file, else a held-out split",
     "eval_fraction": "share of rows held out for evaluation when the data has no eval file",
     "strict": "stop at the first line or row that would be skipped (not UTF-8, malformed JSON/CSV, "
               "empty input or output), naming file:line, instead of skipping and counting it",
@@ -109,6 +109,16 @@ HELP = {
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, bool]:
+    # --config first: the preset decides the value a run uses, and --help shows that value.
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config", default=None)
+    preset_name = first.parse_known_args(argv)[0].config or "cpu-smollm2"
+    values = dataclasses.asdict(TrainConfig())
+    preset = load_preset(preset_name)
+    unknown = set(preset) - set(values)
+    if unknown:
+        raise UserError(f"--config {preset_name}: unknown key '{sorted(unknown)[0]}'")
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None,
                    help="a preset name (cpu-smollm2, llama3-8b-t4) or a JSON file; flags given "
@@ -116,18 +126,17 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        used = preset.get(f.name, f.default)
+        source = f"preset {preset_name}" if f.name in preset else "built in"
+        shown = "none" if used is None else str(used).lower() if isinstance(used, bool) else used
+        help_text = f"{HELP[f.name]} (default: {shown}, {source})"
         if f.type is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP[f.name])
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = f.type if f.type in (int, float) else str
-            p.add_argument(flag, type=kind, default=None, help=f"{HELP[f.name]} (default: {f.default})")
+            p.add_argument(flag, type=kind, default=None, help=help_text)
     args = p.parse_args(argv)
 
-    values = dataclasses.asdict(TrainConfig())
-    preset = load_preset(args.config or "cpu-smollm2")
-    unknown = set(preset) - set(values)
-    if unknown:
-        raise UserError(f"--config {args.config}: unknown key '{sorted(unknown)[0]}'")
     values.update(preset)
     values.update({k: v for k, v in vars(args).items() if k in values and v is not None})
     for key in ("model", "quantize", "eval_data"):
@@ -324,14 +333,13 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
             t0 = time.perf_counter()
             micro = [next(batcher) for _ in range(cfg.grad_accum)]
             n_targets = sum(count_targets(b["labels"]) for b in micro)  # over the whole step
-            step_nll, n_tokens = 0.0, 0
+            step_nll = 0.0
             for batch in micro:
                 nll, _ = loss_sum(batch)
                 # Sum over tokens / tokens in the whole accumulated batch: every target token
                 # weighs the same, however the step was split into micro-batches.
                 scaler.scale(nll / n_targets).backward()
                 step_nll += nll.item()
-                n_tokens += batch["input_ids"].numel()
             loss = step_nll / n_targets
             if not math.isfinite(loss):
                 raise UserError(f"step {step + 1}: the loss is {loss}; stopping. The last good "
@@ -346,8 +354,10 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
             step += 1
 
             seconds = time.perf_counter() - t0
+            # tokens/s counts the tokens the loss is taken on (answers), not the prompt or padding.
             record = {"step": step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(float(grad_norm), 4),
-                      "tokens_per_s": round(n_tokens / seconds, 1), "epoch": round(batcher.epochs_done, 3)}
+                      "target_tokens": n_targets, "tokens_per_s": round(n_targets / seconds, 1),
+                      "epoch": round(batcher.epochs_done, 3)}
             if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.max_steps:
                 record["eval_loss"] = round(evaluate(), 5)
             history.append(record)

@@ -1,7 +1,9 @@
 """train.py: token-weighted accumulation, exact resume, interruption, NaN stop, presets, bad input."""
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,6 +165,21 @@ def test_training_lowers_eval_loss_and_writes_the_run_folder(tiny_dir, rows_file
         assert not torch.allclose(tuned(ids), base(ids))
 
 
+def test_tokens_per_second_counts_target_tokens_not_padding(tiny_dir, rows_file, tmp_path):
+    """One epoch of the 20 rows holds the same target tokens however it is batched; batches of 4
+    are padded, so a count that included padding (or prompts) would differ."""
+    sums = []
+    for batch, steps in ((1, 20), (4, 5)):
+        out = tmp_path / f"b{batch}"
+        train.main(_args(tiny_dir, rows_file, out, "--batch-size", str(batch), "--max-steps", str(steps),
+                         "--eval-every", "0", "--save-every", "0", "--no-group-by-length"))
+        records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        steps_seen = [r for r in records if "target_tokens" in r]
+        assert len(steps_seen) == steps and all(r["tokens_per_s"] > 0 for r in steps_seen)
+        sums.append(sum(r["target_tokens"] for r in steps_seen))
+    assert sums[0] == sums[1] > 0
+
+
 def test_resumed_run_gives_the_same_loss_curve_as_an_uninterrupted_one(tiny_dir, rows_file, tmp_path, monkeypatch):
     whole, split = tmp_path / "whole", tmp_path / "split"
     extra = ["--max-steps", "6", "--lora-dropout", "0.1", "--group-by-length"]  # dropout: RNG must resume too
@@ -287,6 +304,40 @@ def test_help_explains_every_flag():
                  "--lora-r", "--lora-alpha", "--eval-every", "--save-every", "--resume", "--quantize",
                  "--seed", "--config", "--merge", "--arch"):
         assert flag in run.stdout
+
+
+@pytest.mark.parametrize("preset", ["cpu-smollm2", "llama3-8b-t4"])
+def test_help_shows_the_value_a_run_really_uses(preset, capsys, monkeypatch):
+    """Every flag's "(default: X, source)" in --help is the value parse_args gives with no flag."""
+    monkeypatch.setenv("COLUMNS", "1000")               # one line per flag
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", preset, "--help"])
+    # Each flag's entry: its line, and the next one where argparse puts a long flag's help.
+    lines, entries = capsys.readouterr().out.splitlines(), []
+    for line in lines:
+        if line.startswith("  -"):
+            entries.append(line)
+        elif entries and line.strip():
+            entries[-1] += " " + line.strip()
+    cfg, _ = train.parse_args(["--config", preset])
+    preset_keys = set(train.load_preset(preset))
+    for f in dataclasses.fields(cfg):
+        flag = "--" + f.name.replace("_", "-")
+        line = next(e for e in entries if e.startswith(f"  {flag} ") or e.startswith(f"  {flag},"))
+        shown, source = re.search(r"\(default: (.*), (preset \S+|built in)\)$", line).groups()
+        value = getattr(cfg, f.name)
+        expected = "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        assert shown == expected, flag
+        assert source == (f"preset {preset}" if f.name in preset_keys else "built in"), flag
+    if preset == "cpu-smollm2":              # the case that was wrong: alpha 32 and lr 1e-3 in a plain run
+        assert any(e.startswith("  --lora-alpha") and e.endswith("(default: 32, preset cpu-smollm2)")
+                   for e in entries)
+
+
+def test_unknown_lora_target_is_a_one_line_error_before_the_model_loads(tmp_path):
+    with pytest.raises(UserError, match="--targets .*qq_proj"):
+        train.main(["--targets", "q_proj,qq_proj", "--out", str(tmp_path / "o"), "--max-steps", "1"])
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_data_line_under_strict_is_a_one_line_error(tiny_dir, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from lora.inject import DEFAULT_TARGETS, SHORT_NAMES
 from model.errors import UserError
 from training.checkpoint import CHECKPOINT_NAME
 
@@ -58,8 +59,13 @@ def check_config(cfg, resume: bool) -> None:
         fine = fine and (high is None or value < high or (high_ok and value == high))
         if not fine:
             raise UserError(f"{_flag(name)} {value}: must be {_range_text(low, high, low_ok, high_ok)}")
-    if not [t for t in str(cfg.targets).split(",") if t.strip()]:
+    targets = [t.strip() for t in str(cfg.targets).split(",") if t.strip()]
+    if not targets:
         raise UserError("--targets: name at least one module (e.g. q_proj,v_proj)")
+    for t in targets:
+        if t not in DEFAULT_TARGETS and t not in SHORT_NAMES:
+            raise UserError(f"--targets {t}: not a linear of the model; choose from "
+                            f"{','.join(DEFAULT_TARGETS)} (or {','.join(SHORT_NAMES)})")
     _check_device(cfg.device)
     if cfg.optim == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("--optim adamw8bit needs bitsandbytes (pip install bitsandbytes), or use --optim adamw")

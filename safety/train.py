@@ -18,7 +18,7 @@ Variants (--variant; --compare measures all three on the same split):
 A text's logit is the highest of its windows' logits, in training as in use (classifier.py),
 so a crisis line buried in a long message is learned as the reason for its label.
 
-    python -m safety.train                 # the shipped variant, about 7 minutes on 2 cores
+    python -m safety.train                 # the shipped variant, about 8 minutes on 2 cores
     python -m safety.train --compare       # logistic vs MLP vs LoRA, same split
     python -m safety.train --loko          # leave-one-kind-out recall per crisis kind (resumable)
 """

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
-from model.quant import Linear4bit, dequantizer  # noqa: E402
+from model.linear4bit import Linear4bit  # noqa: E402
+from model.quant import dequantizer  # noqa: E402
 from model.errors import UserError  # noqa: E402
 
 

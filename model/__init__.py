@@ -9,7 +9,7 @@ from model.weights import load_model
 
 def load_tokenizer(path_or_id=None):
     """A Tokenizer for a file, a model folder or a hub repo id (None: the embedded default)."""
-    from model.tokenizer import load_tokenizer as _load
+    from model.tokenizer_files import load_tokenizer as _load
     from model.weights import resolve_model_dir
     if path_or_id is None:
         path_or_id = resolve_model_dir(None, quiet=True)

@@ -398,13 +398,3 @@ def dequantizer(backend: str, device) -> Callable[..., Tensor]:
         raise UserError(f"backend 'bitsandbytes' needs bitsandbytes installed and a cpu or cuda "
                         f"device (got {device}); pip install bitsandbytes or use backend='torch'")
     return _dequantize_bitsandbytes if backend != "torch" and usable else dequantize_nf4
-
-
-# ----------------------------------------------------------------------------- moved
-def __getattr__(name: str):
-    """The layer and the whole-model helpers live in model/linear4bit.py; importing them from
-    here still works (read lazily, because model/linear4bit.py imports this file)."""
-    if name in ("Linear4bit", "replace_linears_with_4bit", "replace_4bit_with_linears"):
-        from model import linear4bit
-        return getattr(linear4bit, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

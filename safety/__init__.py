@@ -11,7 +11,8 @@ Standard library only: light tools (data checks, the CLI) use it without torch.
 Try it: python -m safety "I lost my job. Which bridges in NYC are taller than 25 meters?"
 """
 
-from .detect import LEVELS, RISK_CATEGORIES, Classifier, Match, SafetyResult, detect
+from .categories import LEVELS, RISK_CATEGORIES
+from .detect import Classifier, Match, SafetyResult, detect
 from .errors import SafetyError
 from .guard import guard_reply, row_is_safe
 from .prompts import DISCLAIMER, SYSTEM_PROMPT

@@ -27,7 +27,7 @@ try:
 except ImportError:                     # the lexicon works without torch; so does this import
     torch = None
 
-from .detect import RISK_CATEGORIES
+from .categories import RISK_CATEGORIES
 
 FOLDER = Path(__file__).resolve().parent / "classifier"
 HEAD_FILE = "head.safetensors"

@@ -29,14 +29,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from .categories import LEVELS
 from .errors import SafetyError
 from .lexicon import ALL_PATTERNS
 from .text import clause_before, is_negated, normalize, windows
 from .words import FICTION, HYPERBOLE, META, helping_others, is_resolved
 
-LEVELS = ("none", "concern", "crisis")
-RISK_CATEGORIES = ("suicidal_ideation", "self_harm", "harm_to_others", "abuse",
-                   "medical_emergency")
 # How far past a match to look for words that say it was an accident or a joke ("... lol").
 _SUPPRESS_TAIL = 40
 # A message longer than this is scanned in windows of whole sentences (overlapping by

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .classifier import (CONFIG_FILE, FOLDER, HEAD_FILE, CrisisClassifier, HeadConfig,
                          category_logits, crisis_logits)
-from .detect import RISK_CATEGORIES
+from .categories import RISK_CATEGORIES
 from .train_data import Item, corpus_hash, long_texts, read_corpus, user_text, writer_folds
 
 ROOT = Path(__file__).resolve().parents[1]

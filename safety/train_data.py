@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .detect import RISK_CATEGORIES
+from .categories import RISK_CATEGORIES
 
 # Corpus kind -> risk category. Voice kinds (teen, elderly, broken_english, buried,
 # psychosis_commands) say how a crisis is written, not which one: no category label.

@@ -21,7 +21,7 @@ from lora.layer import LoRALinear
 
 from .classifier import (CrisisClassifier, HeadConfig, category_logits, crisis_logits, mean_pool,
                          merge_lora, pad)
-from .detect import RISK_CATEGORIES
+from .categories import RISK_CATEGORIES
 
 TARGETS = ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.up", "mlp.down")
 BATCH_ITEMS = 16

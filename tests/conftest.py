@@ -60,5 +60,5 @@ def smollm2_hf_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_tok(smollm2_hf_dir):
-    from model.tokenizer import load_tokenizer
+    from model.tokenizer_files import load_tokenizer
     return load_tokenizer(smollm2_hf_dir)

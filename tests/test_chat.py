@@ -11,7 +11,8 @@ import tokenizers
 
 from model.chat import ALPACA_PROMPT, alpaca_prompt, get_chat_format
 from model.errors import UserError
-from model.tokenizer import LLAMA3_SPECIAL_TOKENS, load_tokenizer
+from model.tokenizer import LLAMA3_SPECIAL_TOKENS
+from model.tokenizer_files import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

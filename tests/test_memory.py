@@ -97,7 +97,7 @@ def test_activation_estimate_matches_what_autograd_keeps(targets):
     estimate. Only cos/sin (shared by all blocks) are outside the formula."""
     from lora.inject import LoRAConfig, inject
     from model.llama import Llama
-    from model.quant import replace_linears_with_4bit
+    from model.linear4bit import replace_linears_with_4bit
     cfg = LlamaConfig(vocab_size=512, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=352)
     torch.manual_seed(0)
     model = Llama(cfg).to(torch.bfloat16)

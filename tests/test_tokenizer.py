@@ -12,8 +12,8 @@ import sentencepiece
 import tokenizers
 
 from model.errors import UserError
-from model.tokenizer import (LLAMA3_SPECIAL_TOKENS, BPETokenizer, SentencePieceTokenizer,
-                             load_tokenizer)
+from model.tokenizer import LLAMA3_SPECIAL_TOKENS, BPETokenizer, SentencePieceTokenizer
+from model.tokenizer_files import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

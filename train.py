@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lora.inject import DEFAULT_TARGETS, LoRAConfig
 from model.errors import UserError
 from training import checkpoint
 from training.checks import check_config
@@ -44,11 +45,11 @@ class TrainConfig:
     max_len: int = 512
     out: str = "runs/cpu-smollm2"
     # LoRA
-    lora_r: int = 16
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    rslora: bool = False
-    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    lora_r: int = LoRAConfig.r
+    lora_alpha: float = LoRAConfig.alpha
+    lora_dropout: float = LoRAConfig.dropout
+    rslora: bool = LoRAConfig.use_rslora
+    targets: str = ",".join(DEFAULT_TARGETS)
     # optimisation
     max_steps: int = 60
     batch_size: int = 4               # micro-batch

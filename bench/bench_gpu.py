@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))  # run from anywhere
 
 from bench.common import run_child, without_flags  # noqa: E402
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from lora.inject import DEFAULT_TARGETS as TARGETS, LoRAConfig  # noqa: E402
+LORA = LoRAConfig()     # the seed's recipe: r 16, alpha 16, dropout 0 on all seven linears
 SIDES = ("ours", "transformers")
 PARTS = ("weights", "recipe")
 TINY = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
@@ -140,9 +141,9 @@ def build_ours_nf4(args, device: torch.device):
 
 
 def add_lora_ours(model, seed: int):
-    from lora import LoRAConfig, inject
+    from lora import inject
     torch.manual_seed(seed)
-    inject(model, LoRAConfig(r=16, alpha=16, dropout=0.0, targets=TARGETS))
+    inject(model, LORA)
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -160,7 +161,7 @@ def build_transformers(folder: Path, device: torch.device, grad_checkpointing: b
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     torch.manual_seed(seed)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none",
+    model = get_peft_model(model, LoraConfig(r=LORA.r, lora_alpha=LORA.alpha, lora_dropout=LORA.dropout, bias="none",
                                              target_modules=list(TARGETS), task_type="CAUSAL_LM"))
     return model, [p for p in model.parameters() if p.requires_grad]
 

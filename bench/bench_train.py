@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere
 
 from bench.common import cpu_name, run_child, without_flags  # noqa: E402
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from lora.inject import DEFAULT_TARGETS as TARGETS, LoRAConfig  # noqa: E402
 IMPLS = ("ours", "transformers")
 
 
@@ -77,7 +77,7 @@ def parse_args(argv=None):
                    help="child processes per implementation for peak RSS, taking turns; the "
                         "median is reported (default: 2)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
-    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
+    p.add_argument("--lora-r", type=int, default=LoRAConfig.r, help=f"LoRA rank (default: {LoRAConfig.r})")
     p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha (default: 16)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="the frozen base weights and their compute, on both sides; the LoRA "
@@ -206,6 +206,7 @@ def build_floor(folder, args):
     It leaves out everything else: the LoRA products, norms, rotary embeddings, SwiGLU's
     elementwise work, the softmax of the loss and the optimizer."""
     from model import load_model
+    from model.loss import count_targets
     model = load_model(folder, dtype=args.dtype, quiet=True)
     cfg = model.config
     first_qkv = {f"layers.0.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj")}
@@ -216,7 +217,7 @@ def build_floor(folder, args):
 
     def step(batch) -> float:
         B, T = batch["input_ids"].shape
-        n_targets = int((batch["labels"][:, 1:] != -100).sum())
+        n_targets = count_targets(batch["labels"])
 
         def filled(*shape, grad=False):  # the values do not matter, only the shapes
             return torch.full(shape, 0.01, dtype=dtype, requires_grad=grad)

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from data.cap import cap_fields, field_char_limit
 from model.chat import get_chat_format
 from model.errors import UserError
+from model.loss import IGNORE_INDEX  # labels with this value add nothing to the loss
 
-IGNORE_INDEX = -100            # labels with this value add nothing to the loss
 TEMPLATES = ("alpaca", "chat")
 MIN_RESPONSE_TOKENS = 16       # reply tokens a truncated row keeps at the least
 MIN_MAX_LEN = 8                # below this no prompt and reply fit together

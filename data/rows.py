@@ -187,34 +187,9 @@ def _data_files(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def _download(repo_id: str) -> Path:
     """Fetch (or find in the cache) a hub dataset's json/jsonl/csv files; returns its folder."""
-    try:
-        import huggingface_hub
-        from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError,
-                                            RepositoryNotFoundError)
-    except ImportError:
-        raise UserError(f"loading {repo_id!r} from the hub needs huggingface_hub; "
-                        "pip install huggingface_hub or pass a local .jsonl file.") from None
-    # huggingface_hub reads HF_HUB_OFFLINE and HF_HOME once, at import; reading them again here
-    # means a value set later in the same process (a notebook cell, a test) still counts.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-    cache_dir = os.environ.get("HF_HUB_CACHE")
-    if cache_dir is None and os.environ.get("HF_HOME"):
-        cache_dir = os.path.join(os.environ["HF_HOME"], "hub")
-    how_local = "pass a local .json, .jsonl or .csv file instead"
-    try:
-        folder = huggingface_hub.snapshot_download(
-            repo_id, repo_type="dataset", allow_patterns=["*.json", "*.jsonl", "*.csv"],
-            cache_dir=cache_dir, local_files_only=offline)
-    except RepositoryNotFoundError:
-        raise UserError(f"dataset {repo_id!r} was not found on the hub (or needs a token: set "
-                        f"HF_TOKEN); check the name or {how_local}.") from None
-    except LocalEntryNotFoundError:
-        raise UserError(f"dataset {repo_id!r} is not in the local hub cache and the hub cannot "
-                        f"be reached (offline or HF_HUB_OFFLINE=1); download it once while "
-                        f"online or {how_local}.") from None
-    except HfHubHTTPError as e:
-        raise UserError(f"the hub refused dataset {repo_id!r} ({e}); {how_local}.") from None
-    return Path(folder)
+    from model import hub
+    return hub.download(repo_id, ["*.json", "*.jsonl", "*.csv"], repo_type="dataset",
+                        instead="pass a local .json, .jsonl or .csv file instead")
 
 
 def resolve_files(source: str | os.PathLike | None) -> tuple[list[Path], list[Path], str]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+IGNORE_INDEX = -100
 CHUNK_LOGITS = 2**26  # logits per chunk: 256 MiB in float32
 
 
@@ -35,7 +35,7 @@ def target_nll(model, input_ids: torch.Tensor, labels: torch.Tensor,
     """
     h = model.hidden_states(input_ids)          # (B, T, dim)
     targets = labels[:, 1:]                     # (B, T-1): what position t should predict
-    keep = targets != IGNORE                    # (B, T-1)
+    keep = targets != IGNORE_INDEX              # (B, T-1)
     picked = h[:, :-1][keep]                    # (N, dim), N = number of targets
     wanted = targets[keep]                      # (N,)
     n = picked.shape[0]
@@ -60,4 +60,4 @@ def chunk_nll(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def count_targets(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != IGNORE).sum())
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

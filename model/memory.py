@@ -102,13 +102,13 @@ def load_config(model: str) -> tuple[LlamaConfig, str]:
         return LlamaConfig.from_json(path / "config.json"), str(path / "config.json")
     if path.is_file():
         return LlamaConfig.from_json(path), str(path)
+    from model import hub
     try:
-        from huggingface_hub import hf_hub_download
-        downloaded = hf_hub_download(repo_id=model, filename="config.json")
-    except Exception as e:  # offline, unknown repo, gated repo, malformed id: all the same to the user
+        downloaded = hub.download(model, ["config.json"]) / "config.json"
+    except UserError as e:  # offline, unknown repo, gated repo, malformed id
         raise UserError(f"--model {model}: not a built-in config, not a folder, and its config.json "
-                        f"could not be fetched ({type(e).__name__}); pass a folder that holds "
-                        "config.json (--help lists the built-in ids)") from None
+                        f"could not be fetched ({e}); pass a folder that holds config.json (--help "
+                        "lists the built-in ids)") from None
     return LlamaConfig.from_json(downloaded), f"{model} (config.json from the hub)"
 
 

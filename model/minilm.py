@@ -167,16 +167,12 @@ def _default_model_dir(cache_dir: str | Path | None) -> Path:
 
 
 def _download_from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-        common = ["*.json", "vocab.txt", "1_Pooling/*"]
-        folder = Path(snapshot_download(repo_id, allow_patterns=common + ["model.safetensors"]))
-        if not (folder / "model.safetensors").is_file():
-            # Older repositories only have the pickled weights.
-            folder = Path(snapshot_download(repo_id, allow_patterns=common + ["pytorch_model.bin"]))
-    except Exception as e:          # offline, unknown id, gated repository, disk full, ...
-        raise UserError(f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); "
-                        "check the id and the network, or pass a local model folder") from None
+    from model import hub
+    common = ["*.json", "vocab.txt", "1_Pooling/*"]
+    folder = hub.download(repo_id, common + ["model.safetensors"])
+    if not (folder / "model.safetensors").is_file():
+        # Older repositories only have the pickled weights.
+        folder = hub.download(repo_id, common + ["pytorch_model.bin"])
     return folder
 
 

@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+from model import hub
 from model.errors import UserError
 from model.tokenizer import (LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS, BPETokenizer,
                              SentencePieceTokenizer, Tokenizer, TokenizerConfig)
@@ -27,7 +28,8 @@ def load_tokenizer(path_or_id: str | Path) -> Tokenizer:
     path = Path(path_or_id).expanduser()
     if not path.exists():
         if _looks_like_repo_id(str(path_or_id)):
-            path = _download(str(path_or_id))
+            path = hub.download(str(path_or_id), TOKENIZER_FILES + SIDE_FILES,
+                                instead="pass a local tokenizer file or model folder instead")
         else:
             raise UserError(f"Tokenizer path {path} does not exist; pass a tokenizer file, a "
                             "model folder, or a hub repo id such as HuggingFaceTB/SmolLM2-135M-Instruct.")
@@ -46,23 +48,6 @@ def load_tokenizer(path_or_id: str | Path) -> Tokenizer:
 
 def _looks_like_repo_id(text: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.startswith(".")
-
-
-def _download(repo_id: str) -> Path:
-    """The tokenizer files of a hub repo, through huggingface_hub's cache (which honours
-    HF_HOME, HF_HUB_OFFLINE and the login token like every other Hugging Face tool)."""
-    import huggingface_hub
-    from huggingface_hub import errors
-
-    try:
-        folder = huggingface_hub.snapshot_download(
-            repo_id, allow_patterns=TOKENIZER_FILES + SIDE_FILES)
-    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled,
-            ValueError, OSError) as err:
-        raise UserError(f"Could not get the tokenizer of hub repo {repo_id} "
-                        f"({type(err).__name__}): it is not a local path and is not in the hub "
-                        "cache; go online (or log in for a gated repo) or pass a local folder.") from None
-    return Path(folder)
 
 
 def _find_tokenizer_file(folder: Path) -> Path:

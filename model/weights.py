@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from model import hub
 from model.config import LlamaConfig
 from model.errors import UserError
 from model.gguf import DEFAULT_MODEL_ID  # noqa: F401  re-exported: train.py writes it in adapters
@@ -62,27 +63,7 @@ def resolve_model_dir(path_or_id: str | os.PathLike | None = None, quiet: bool =
     text = str(path_or_id)
     if text.startswith((".", "/", "~")) or text.count("/") != 1:
         raise UserError(f"{text}: no such model folder (and not a hub repo id like 'org/name')")
-    return hub_download(text)
-
-
-def hub_download(repo_id: str, patterns: list[str] | None = None, repo_type: str = "model") -> Path:
-    """Fetches a repo from the Hugging Face hub (or its local cache) and returns the folder."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
-    try:
-        return Path(snapshot_download(repo_id, repo_type=repo_type,
-                                      allow_patterns=patterns or HUB_PATTERNS))
-    except GatedRepoError:
-        raise UserError(f"{repo_id}: this repo is gated; accept its licence on the hub and log in "
-                        "(`hf auth login` or HF_TOKEN)") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"{repo_id}: no such repo on the hub (or it is private: set HF_TOKEN)") from None
-    except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
-        raise UserError(f"{repo_id}: not available offline ({why} and it is not in the cache "
-                        f"under HF_HOME); pass a local folder instead") from None
+    return hub.download(text, HUB_PATTERNS)
 
 
 # ----------------------------------------------------------------------------- loading it

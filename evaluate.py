@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling; results are deterministic under it")
     p.add_argument("--sts-model", default=None, help="sentence encoder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--quantize", default=None, choices=["nf4"], help="load the LLM in 4-bit NF4")
     p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge")
     p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint of the judge")
@@ -96,8 +96,29 @@ def parse_variants(text: str, template: str | None = None) -> list[Variant]:
     return out
 
 
+def check_args(args) -> None:
+    """A one-line error naming the flag for any value a run cannot use, before anything loads."""
+    from model.weights import parse_dtype
+    from training.checks import check_device, check_range
+    if args.limit is not None:
+        check_range("--limit", args.limit, 1)
+    check_range("--max-new-tokens", args.max_new_tokens, 1)
+    check_range("--temperature", args.temperature, 0)
+    check_range("--char-temperature", args.char_temperature, 0, None, False)
+    try:
+        parse_dtype(args.dtype)
+    except UserError:
+        raise UserError(f"--dtype {args.dtype}: choose float32, bfloat16 or float16") from None
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(args.device)
+    if args.judge and not (args.judge_base_url and args.judge_model):
+        raise UserError("--judge needs --judge-base-url and --judge-model")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
     import safety
     from data import build_examples, eval_batches, load_rows, pad_id_for
     from data.format import chat_format_for
@@ -124,8 +145,6 @@ def main(argv=None):
 
     judge_factory = None
     if args.judge:
-        if not (args.judge_base_url and args.judge_model):
-            raise UserError("--judge needs --judge-base-url and --judge-model")
         from evaluation.judge import Judge
         judge_factory = lambda: Judge(args.judge_base_url, args.judge_model, args.judge_api_key)  # noqa: E731
 

@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--quantize", default=None, choices=["nf4"], help="load the linears in 4-bit NF4")
     p.add_argument("--locale", default="US", help="crisis resources to show (US, GB, IE, CA, AU, NZ, IN, DE, FR, INTL)")
     p.add_argument("--serve", action="store_true", help="run an OpenAI-compatible HTTP server instead of chatting")
@@ -61,10 +61,30 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 
+def check_args(args) -> None:
+    """A one-line error naming the flag for any value a run cannot use, before the model loads."""
+    from model.weights import parse_dtype
+    from safety.respond import locales, resolve_locale
+    from training.checks import check_device, check_range
+    check_range("--max-new-tokens", args.max_new_tokens, 1)
+    check_range("--temperature", args.temperature, 0)
+    check_range("--top-p", args.top_p, 0, 1, True, True)
+    check_range("--top-k", args.top_k, 0)
+    try:
+        parse_dtype(args.dtype)
+    except UserError:
+        raise UserError(f"--dtype {args.dtype}: choose float32, bfloat16 or float16") from None
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(args.device)
+    if resolve_locale(args.locale)[1]:
+        raise UserError(f"--locale {args.locale}: no crisis resources for it; choose one of "
+                        f"{', '.join(locales())}")
+
+
 def main(argv=None):
     args = parse_args(argv)
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be 1 or more, got {args.max_new_tokens}")
+    check_args(args)
     if args.no_chat and args.prompt is None and not args.serve:  # before the slow model load
         raise UserError("--no-chat needs --prompt: pass the text to continue, e.g. "
                         "--no-chat --prompt \"Once upon a time\"")

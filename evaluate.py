@@ -28,7 +28,24 @@ from pathlib import Path
 
 import torch
 
+from tqdm import tqdm
+
+import safety
+from data import build_examples, eval_batches, load_rows, pad_id_for
+from data.format import chat_format_for
+from data.rows import SAMPLE_DIR
+from evaluation import metrics
+from evaluation.judge import Judge
+from lora import load_adapter
+from lora.peft_format import CONFIG_NAME
+from model import load_model, load_tokenizer
 from model.errors import UserError
+from model.generation import SamplingConfig, generate
+from model.loss import target_nll
+from model.minilm import load_sentence_encoder
+from model.rnn import bits_per_char, is_char_run, load_char_model, row_text, sample_answer
+from model.weights import parse_dtype, resolve_model_dir
+from training.checks import check_device, check_range
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,8 +88,6 @@ class Variant:
 
 def parse_variants(text: str, template: str | None = None) -> list[Variant]:
     """--variants as Variants; `template` (--template) overrides each run's own prompt format."""
-    from lora.peft_format import CONFIG_NAME
-    from model.rnn import is_char_run
     out = []
     for item in [v.strip() for v in text.split(",") if v.strip()]:
         if item == "base":
@@ -98,8 +113,6 @@ def parse_variants(text: str, template: str | None = None) -> list[Variant]:
 
 def check_args(args) -> None:
     """A one-line error naming the flag for any value a run cannot use, before anything loads."""
-    from model.weights import parse_dtype
-    from training.checks import check_device, check_range
     if args.limit is not None:
         check_range("--limit", args.limit, 1)
     check_range("--max-new-tokens", args.max_new_tokens, 1)
@@ -119,78 +132,33 @@ def check_args(args) -> None:
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
-    import safety
-    from data import build_examples, eval_batches, load_rows, pad_id_for
-    from data.format import chat_format_for
-    from evaluation import metrics
-    from model.minilm import load_sentence_encoder
-    from lora import load_adapter
-    from model import load_model, load_tokenizer
-    from model.generation import SamplingConfig, generate
-    from model.loss import target_nll
-    from model.rnn import bits_per_char, load_char_model, row_text, sample_answer
-    from model.weights import resolve_model_dir
-    from tqdm import tqdm
-
     variants = parse_variants(args.variants, args.template)
-    if args.data is None:
-        from data.rows import SAMPLE_DIR
-        args.data = str(SAMPLE_DIR / "eval.jsonl")
-    rows, stats = load_rows(args.data)
+    rows, stats = load_rows(args.data or str(SAMPLE_DIR / "eval.jsonl"))
     rows = rows[: args.limit] if args.limit else rows
     print(f"evaluation rows: {len(rows)} ({stats.summary()})")
     out = Path(args.out)  # made only when the results are written: a failed run leaves no empty folder
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: this is a file; name a folder for the results")
 
-    judge_factory = None
-    if args.judge:
-        from evaluation.judge import Judge
-        judge_factory = lambda: Judge(args.judge_base_url, args.judge_model, args.judge_api_key)  # noqa: E731
-
     folder = resolve_model_dir(args.model)
     tokenizer = load_tokenizer(folder)
     base = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize, quiet=True)
 
-    results, examples_out = [], []
-    answers_by_variant = {}
+    # ------------------------------------------------------------------ answers, one variant at a time
+    answered = {}
     for v in variants:
         t0 = time.perf_counter()
-        answers, stopped, extra = [], [], {}
         if v.kind in ("base", "lora"):
             model = base
             if v.kind == "lora":
                 model = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize, quiet=True)
                 load_adapter(model, v.path)
-            fmt = chat_format_for(tokenizer, v.template)
-            for i, row in enumerate(tqdm(rows, desc=f"{v.name}: answering", dynamic_ncols=True)):
-                prompt = fmt.encode_prompt([{"role": "system", "content": row.instruction},
-                                            {"role": "user", "content": row.input}])
-                cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                     seed=args.seed + i)
-                result = generate(model, prompt, cfg, fmt.stop_ids)
-                answers.append(tokenizer.decode(result.ids).strip())
-                stopped.append(result.stopped)
-            # Perplexity of the references under this variant: exactly the training loss, held out.
-            examples, _ = build_examples(rows, tokenizer, v.template, 4096, progress=False)
-            total, n = 0.0, 0
-            with torch.no_grad():
-                for batch in eval_batches(examples, 4, pad_id_for(tokenizer)):
-                    nll, k = target_nll(model, batch["input_ids"].to(args.device), batch["labels"].to(args.device))
-                    total, n = total + float(nll), n + k
-            extra["ppl"] = metrics.perplexity(total, n)
-            if model is not base:
-                del model
+            answers, stopped = answer_llm(model, tokenizer, v, rows, args)
+            extra = {"ppl": reference_perplexity(model, tokenizer, v.template, rows, args.device)}
+            del model
         else:
-            char_model, vocab = load_char_model(v.path)
-            max_chars = args.max_new_tokens * 4
-            for i, row in enumerate(tqdm(rows, desc=f"{v.name}: answering", dynamic_ncols=True)):
-                text = sample_answer(char_model, vocab, row.input, max_chars=max_chars,
-                                     temperature=args.char_temperature, seed=args.seed + i)
-                answers.append(text.strip())
-                stopped.append(len(text) < max_chars)
-            extra["bits_per_char"] = bits_per_char(char_model, vocab, "".join(row_text(r.input, r.output) for r in rows))
-        answers_by_variant[v.name] = (answers, stopped, extra, time.perf_counter() - t0)
+            answers, stopped, extra = answer_char(v, rows, args)
+        answered[v.name] = (answers, stopped, extra, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ metrics, all variants
     print("scoring: sentence embeddings, the seed's token cosine, ROUGE-L, safety ...")
@@ -198,41 +166,15 @@ def main(argv=None):
     refs = [r.output for r in rows]
     ref_emb = encoder.encode(refs)
     ref_hidden = [_last_hidden(base, tokenizer, t, args.device) for t in refs]
+    results, examples_out = [], []
     for v in variants:
-        answers, stopped, extra, seconds = answers_by_variant[v.name]
+        answers, stopped, extra, seconds = answered[v.name]
         emb = encoder.encode([a or " " for a in answers])
-        sts = metrics.semantic_similarity(emb, ref_emb)
-        rank = metrics.ranking(emb, ref_emb)
-        rouge = [metrics.rouge_l_f1(a, r) for a, r in zip(answers, refs)]
         cos = [metrics.seed_token_cosine(_last_hidden(base, tokenizer, a or " ", args.device), h)
                for a, h in zip(answers, ref_hidden)]
-        screens = [safety.screen_output(a, conversation=[{"role": "user", "content": r.input}])
-                   for a, r in zip(answers, rows)]
-        length = metrics.mean_length_and_stop_rate(answers, stopped)
-        judge_means = None
-        if judge_factory is not None:
-            j = judge_factory()
-            for a, r in tqdm(list(zip(answers, rows)), desc=f"{v.name}: judging", dynamic_ncols=True):
-                j.score(r.input, a, r.output)
-            summary = j.summary()
-            print(f"{v.name}: {summary.line()}")
-            judge_means = summary.means.get("overall")
-        results.append({
-            "variant": v.name, "kind": v.kind,
-            "seed_cosine": _mean(cos), "sts": _mean(sts), "mrr": rank["mrr"],
-            "recall_at_1": rank["recall_at_1"], "ppl": extra.get("ppl"),
-            "bits_per_char": extra.get("bits_per_char"), "rouge_l": _mean(rouge),
-            "words": length["mean_words"], "stop_rate": length["stop_rate"],
-            "rep3": _mean([metrics.repetition_rate(a) for a in answers]),
-            "dist2": metrics.distinct_n(answers, 2),
-            "flagged": _mean([0.0 if s.safe else 1.0 for s in screens]),
-            "judge": judge_means, "seconds": round(seconds, 1),
-        })
-        for i, (a, r) in enumerate(zip(answers, rows)):
-            examples_out.append({"variant": v.name, "index": i, "input": r.input, "reference": r.output,
-                                 "answer": a, "stopped": stopped[i], "sts": round(sts[i], 4),
-                                 "rouge_l": round(rouge[i], 4), "flagged": not screens[i].safe,
-                                 "flag_reasons": list(screens[i].reasons)})
+        result, examples = score(v, answers, stopped, extra, seconds, rows, emb, ref_emb, cos, args)
+        results.append(result)
+        examples_out += examples
 
     write_outputs(out, results, examples_out)
     print(Path(out / "results.md").read_text())
@@ -241,6 +183,80 @@ def main(argv=None):
                         ("chart", "chart.png"), ("answers", "examples.jsonl")):
         if (out / name).is_file():  # chart.png needs matplotlib
             print(f"  {label + ':':<10}{out / name}")
+
+
+def answer_llm(model, tokenizer, v: Variant, rows, args) -> tuple[list[str], list[bool]]:
+    """Each row's answer (system: the row's instruction, user: its input), and whether it ended
+    by itself; row i samples with seed args.seed + i, so results do not depend on the order."""
+    fmt = chat_format_for(tokenizer, v.template)
+    answers, stopped = [], []
+    for i, row in enumerate(tqdm(rows, desc=f"{v.name}: answering", dynamic_ncols=True)):
+        prompt = fmt.encode_prompt([{"role": "system", "content": row.instruction},
+                                    {"role": "user", "content": row.input}])
+        cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed + i)
+        result = generate(model, prompt, cfg, fmt.stop_ids)
+        answers.append(tokenizer.decode(result.ids).strip())
+        stopped.append(result.stopped)
+    return answers, stopped
+
+
+@torch.no_grad()
+def reference_perplexity(model, tokenizer, template: str, rows, device) -> float:
+    """Perplexity of the reference answers under the model: exactly the training loss, held out."""
+    examples, _ = build_examples(rows, tokenizer, template, 4096, progress=False)
+    total, n = 0.0, 0
+    for batch in eval_batches(examples, 4, pad_id_for(tokenizer)):
+        nll, k = target_nll(model, batch["input_ids"].to(device), batch["labels"].to(device))
+        total, n = total + float(nll), n + k
+    return metrics.perplexity(total, n)
+
+
+def answer_char(v: Variant, rows, args) -> tuple[list[str], list[bool], dict]:
+    """A char model's answers (4 characters per --max-new-tokens), and its bits per character
+    on the rows' reference text."""
+    char_model, vocab = load_char_model(v.path)
+    max_chars = args.max_new_tokens * 4
+    answers, stopped = [], []
+    for i, row in enumerate(tqdm(rows, desc=f"{v.name}: answering", dynamic_ncols=True)):
+        text = sample_answer(char_model, vocab, row.input, max_chars=max_chars,
+                             temperature=args.char_temperature, seed=args.seed + i)
+        answers.append(text.strip())
+        stopped.append(len(text) < max_chars)
+    bpc = bits_per_char(char_model, vocab, "".join(row_text(r.input, r.output) for r in rows))
+    return answers, stopped, {"bits_per_char": bpc}
+
+
+def score(v: Variant, answers, stopped, extra: dict, seconds: float, rows, emb, ref_emb, cos,
+          args) -> tuple[dict, list[dict]]:
+    """One variant's row of the results table, and its answers with their per-row scores."""
+    refs = [r.output for r in rows]
+    sts = metrics.semantic_similarity(emb, ref_emb)
+    rank = metrics.ranking(emb, ref_emb)
+    rouge = [metrics.rouge_l_f1(a, r) for a, r in zip(answers, refs)]
+    screens = [safety.screen_output(a, conversation=[{"role": "user", "content": r.input}])
+               for a, r in zip(answers, rows)]
+    length = metrics.mean_length_and_stop_rate(answers, stopped)
+    judge_means = None
+    if args.judge:
+        judge = Judge(args.judge_base_url, args.judge_model, args.judge_api_key)
+        for a, r in tqdm(list(zip(answers, rows)), desc=f"{v.name}: judging", dynamic_ncols=True):
+            judge.score(r.input, a, r.output)
+        summary = judge.summary()
+        print(f"{v.name}: {summary.line()}")
+        judge_means = summary.means.get("overall")
+    result = {"variant": v.name, "kind": v.kind, "seed_cosine": _mean(cos), "sts": _mean(sts),
+              "mrr": rank["mrr"], "recall_at_1": rank["recall_at_1"], "ppl": extra.get("ppl"),
+              "bits_per_char": extra.get("bits_per_char"), "rouge_l": _mean(rouge),
+              "words": length["mean_words"], "stop_rate": length["stop_rate"],
+              "rep3": _mean([metrics.repetition_rate(a) for a in answers]),
+              "dist2": metrics.distinct_n(answers, 2),
+              "flagged": _mean([0.0 if s.safe else 1.0 for s in screens]), "judge": judge_means,
+              "seconds": round(seconds, 1)}
+    examples = [{"variant": v.name, "index": i, "input": r.input, "reference": r.output, "answer": a,
+                 "stopped": stopped[i], "sts": round(sts[i], 4), "rouge_l": round(rouge[i], 4),
+                 "flagged": not screens[i].safe, "flag_reasons": list(screens[i].reasons)}
+                for i, (a, r) in enumerate(zip(answers, rows))]
+    return result, examples
 
 
 @torch.no_grad()

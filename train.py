@@ -16,16 +16,25 @@ import dataclasses
 import json
 import math
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from data import Batcher, build_examples, eval_batches, field_char_limit, load_train_eval, pad_id_for
+from lora import inject, save_adapter, save_merged
 from lora.inject import DEFAULT_TARGETS, LoRAConfig
+from model import load_model, load_tokenizer
 from model.errors import UserError
+from model.gguf import DEFAULT_MODEL_ID
+from model.identity import base_identity
+from model.loss import count_targets, target_nll
+from model.rnn import CharConfig, row_text, train_char_model, unigram_bits_per_char
+from model.weights import parse_dtype, resolve_model_dir
 from training import checkpoint
 from training.checks import check_config
 
@@ -165,7 +174,6 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
 
     # -------------------------------------------------------------------- data
-    from data import field_char_limit, load_train_eval
     # Fields are cut to what max_len tokens could need before anything is tokenized (data/cap.py).
     train_rows, eval_rows, load_stats = load_train_eval(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed,
                                                         strict=cfg.strict, max_chars=field_char_limit(cfg.max_len))
@@ -177,7 +185,6 @@ def main(argv=None):
 
 
 def train_char_baseline(cfg, train_rows, eval_rows, out):
-    from model.rnn import CharConfig, row_text, train_char_model, unigram_bits_per_char
     train_texts = [row_text(r.input, r.output) for r in train_rows]
     eval_texts = [row_text(r.input, r.output) for r in eval_rows]
     char_cfg = CharConfig(arch=cfg.arch, hidden=cfg.char_hidden, steps=cfg.char_steps, seed=cfg.seed)
@@ -191,38 +198,13 @@ def train_char_baseline(cfg, train_rows, eval_rows, out):
 
 
 def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
-    from data import Batcher, build_examples, eval_batches, pad_id_for
-    from lora import LoRAConfig, inject, save_adapter, save_merged
-    from model import load_model, load_tokenizer
-    from model.identity import base_identity
-    from model.loss import count_targets, target_nll
-    from model.weights import DEFAULT_MODEL_ID, parse_dtype, resolve_model_dir
+    device, dtype = device_and_dtype(cfg)
+    # Read and vetted before the model loads: a damaged or foreign checkpoint fails fast.
+    state = checkpoint.load_for_resume(out, resumable(cfg)) if resume else None
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
-    if cfg.dtype == "auto":  # bf16 where the GPU has it, fp16 on older GPUs (T4), fp32 on CPU
-        cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") \
-            if device.type == "cuda" else "float32"
-    dtype = parse_dtype(cfg.dtype)
-    checkpoint_path = out / checkpoint.CHECKPOINT_NAME
-    state = None
-    if resume:  # read and vetted before the model loads: a damaged or foreign file fails fast
-        state = checkpoint.load(out)
-        if state["config"] != _resumable(cfg):
-            diff = [k for k in state["config"] if state["config"][k] != _resumable(cfg).get(k)]
-            raise UserError(f"--resume: this run was started with different settings ({', '.join(diff)}); "
-                            "use the same flags or a new --out")
-
-    # -------------------------------------------------------------------- model + LoRA
-    folder = resolve_model_dir(cfg.model)
-    tokenizer = load_tokenizer(folder)
-    model = load_model(folder, dtype=dtype, device=device, quantize=cfg.quantize)
-    torch.manual_seed(cfg.seed)  # LoRA's A matrices: the same init on every run with this seed
-    counts = inject(model, LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.rslora, cfg.targets))
-    print(f"model: {folder} ({'nf4' if cfg.quantize else cfg.dtype}) on {device}; {counts}")
-    model.gradient_checkpointing = cfg.grad_checkpointing
+    # -------------------------------------------------------------------- model + LoRA, data
+    folder, tokenizer, model = load_with_lora(cfg, device, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
-
     train_ex, fstats = build_examples(train_rows, tokenizer, cfg.template, cfg.max_len)
     eval_ex, _ = build_examples(eval_rows, tokenizer, cfg.template, cfg.max_len, progress=False)
     print(f"examples: {fstats.summary()}")
@@ -230,159 +212,163 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
     batcher = Batcher(train_ex, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=cfg.group_by_length)
 
     # -------------------------------------------------------------------- optimizer + schedule
-    if cfg.optim == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserError("--optim adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
-        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    elif cfg.optim == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        raise UserError(f"--optim {cfg.optim}: choose adamw or adamw8bit")
-
-    def lr_factor(step):  # step counts optimizer steps from 0
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        if cfg.lr_schedule == "linear":
-            return max(0.0, 1 - progress)
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
-    if cfg.lr_schedule not in ("linear", "cosine", "constant"):
-        raise UserError(f"--lr-schedule {cfg.lr_schedule}: choose linear, cosine or constant")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-
+    optimizer = make_optimizer(cfg, params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
     # Mixed precision on GPU: compute in the base dtype; float16 needs loss scaling (T4 has no bf16).
-    use_amp = device.type == "cuda" and dtype != torch.float32
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+    amp = device.type == "cuda" and dtype != torch.float32
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
 
-    def loss_sum(batch):
-        x, y = batch["input_ids"].to(device), batch["labels"].to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-            return target_nll(model, x, y)
+    evaluate = lambda: eval_loss(model, eval_batches(eval_ex, cfg.batch_size, pad_id), device, dtype, amp)  # noqa: E731
 
-    @torch.no_grad()
-    def evaluate():
-        model.eval()
-        total, n = 0.0, 0
-        for batch in eval_batches(eval_ex, cfg.batch_size, pad_id):
-            nll, k = loss_sum(batch)
-            total, n = total + float(nll), n + k
-        model.train()
-        return total / max(n, 1)
-
-    # -------------------------------------------------------------------- resume
-    base_name = cfg.model or DEFAULT_MODEL_ID
+    # -------------------------------------------------------------------- run folder, resume
     base = base_identity(folder, cfg.model)  # -> base_model.json: loading onto another base warns
-
-    def write_adapter():
-        save_adapter(model, out, base_model=base_name, identity=base)
-
+    write_adapter = partial(save_adapter, model, out, base_model=cfg.model or DEFAULT_MODEL_ID, identity=base)
+    save = lambda: checkpoint.save(out, checkpoint.snapshot(  # noqa: E731
+        step, resumable(cfg), history, model, optimizer, scheduler, scaler, batcher), write_adapter)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_tmp(out)  # a killed save's half-written files
-    metrics_path = out / "metrics.jsonl"
+    metrics_path, checkpoint_path = out / "metrics.jsonl", out / checkpoint.CHECKPOINT_NAME
     step, history = 0, []
     if resume:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.requires_grad:
-                    p.copy_(state["lora"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        batcher.load_state_dict(state["data"])
-        _set_rng(state["rng"])
-        step, history = state["step"], state["history"]
-        if checkpoint.repair_adapter(out, step, write_adapter):  # a save was cut short before state.json
-            print(f"rewrote the adapter in {out} from the checkpoint (step {step}); it was older or incomplete")
-        print(f"resumed at step {step} from {checkpoint_path}")
+        step, history = checkpoint.resume(out, state, write_adapter, model, optimizer, scheduler, scaler, batcher)
     _write_metrics(metrics_path, history)  # rewritten up to the resumed step: no duplicate lines
-
-    def save_checkpoint(at_step, data_state, rng_state):
-        # Tensors and plain values only: it must load with torch.load(weights_only=True).
-        state = {"step": at_step, "config": _resumable(cfg), "history": history,
-                 "lora": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "data": data_state, "rng": rng_state}
-        checkpoint.save(out, state, write_adapter)  # checkpoint.pt, adapter, then state.json
-
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     # -------------------------------------------------------------------- the loop
-    from tqdm import tqdm
     model.train()
     if step == 0 and cfg.eval_every > 0:
         history.append({"step": 0, "eval_loss": evaluate()})
         _write_metrics(metrics_path, history[-1:], append=True)
         print(f"step 0: eval loss {history[-1]['eval_loss']:.4f}")
-
-    # Ctrl-C finishes the step in flight, saves a checkpoint, then exits.
-    interrupted = []
-
-    def on_sigint(*_):
-        if not interrupted:
-            tqdm.write("stopping after this step (Ctrl-C again to abort without saving)")
-            interrupted.append(True)
-        else:
-            raise SystemExit(130)
-    previous_handler = signal.signal(signal.SIGINT, on_sigint)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True)
-    try:
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            micro = [next(batcher) for _ in range(cfg.grad_accum)]
-            n_targets = sum(count_targets(b["labels"]) for b in micro)  # over the whole step
-            step_nll = 0.0
-            for batch in micro:
-                nll, _ = loss_sum(batch)
-                # Sum over tokens / tokens in the whole accumulated batch: every target token
-                # weighs the same, however the step was split into micro-batches.
-                scaler.scale(nll / n_targets).backward()
-                step_nll += nll.item()
-            loss = step_nll / n_targets
-            if not math.isfinite(loss):
-                raise UserError(f"step {step + 1}: the loss is {loss}; stopping. The last good "
-                                f"checkpoint is {checkpoint_path} (try a lower --lr)")
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
-
-            seconds = time.perf_counter() - t0
-            # tokens/s counts the tokens the loss is taken on (answers), not the prompt or padding.
-            record = {"step": step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(float(grad_norm), 4),
-                      "target_tokens": n_targets, "tokens_per_s": round(n_targets / seconds, 1),
-                      "epoch": round(batcher.epochs_done, 3)}
-            if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.max_steps:
-                record["eval_loss"] = round(evaluate(), 5)
-            history.append(record)
-            if step % cfg.log_every == 0 or "eval_loss" in record:
-                _write_metrics(metrics_path, [record], append=True)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
-            bar.update(1)
-            if "eval_loss" in record:
-                bar.write(f"step {step}: eval loss {record['eval_loss']:.4f}")
-            if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
-                save_checkpoint(step, batcher.state_dict(), _get_rng())
-            if interrupted:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:  # raised above, once the step in flight has finished
-        bar.close()
-        save_checkpoint(step, batcher.state_dict(), _get_rng())
-        print(f"\ninterrupted: saved step {step} to {checkpoint_path}; continue with --out {out} --resume",
-              file=sys.stderr)
-        sys.exit(130)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
+    with checkpoint.CtrlC(say=tqdm.write) as ctrl_c:  # Ctrl-C: finish the step, save, exit 130
+        try:
+            while step < cfg.max_steps:
+                t0 = time.perf_counter()
+                micro = [next(batcher) for _ in range(cfg.grad_accum)]
+                loss, n_targets, grad_norm = train_step(model, micro, params, optimizer, scaler, cfg.grad_clip,
+                                                        device, dtype, amp)
+                if not math.isfinite(loss):
+                    raise UserError(f"step {step + 1}: the loss is {loss}; stopping. The last good "
+                                    f"checkpoint is {checkpoint_path} (try a lower --lr)")
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                step += 1
+                # tokens/s counts the tokens the loss is taken on (answers), not the prompt or padding.
+                record = {"step": step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(grad_norm, 4),
+                          "target_tokens": n_targets, "tokens_per_s": round(n_targets / (time.perf_counter() - t0), 1),
+                          "epoch": round(batcher.epochs_done, 3)}
+                if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == cfg.max_steps:
+                    record["eval_loss"] = round(evaluate(), 5)
+                    bar.write(f"step {step}: eval loss {record['eval_loss']:.4f}")
+                history.append(record)
+                if step % cfg.log_every == 0 or "eval_loss" in record:
+                    _write_metrics(metrics_path, [record], append=True)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+                bar.update(1)
+                if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
+                    save()
+                if ctrl_c.pressed:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:  # raised above, once the step in flight has finished
+            bar.close()
+            save()
+            print(f"\ninterrupted: saved step {step}; continue with --out {out} --resume", file=sys.stderr)
+            sys.exit(130)
     bar.close()
+    finish(cfg, out, history, model, folder, dtype, step)
 
-    # -------------------------------------------------------------------- outputs
+
+def device_and_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
+    """--device auto: cuda when there is a GPU; --dtype auto: bf16 where the GPU has it, fp16 on
+    older GPUs (T4), fp32 on CPU (written back into cfg, so train_config.json says what ran)."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if cfg.device == "auto" else cfg.device)
+    if cfg.dtype == "auto":
+        cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") \
+            if device.type == "cuda" else "float32"
+    return device, parse_dtype(cfg.dtype)
+
+
+def load_with_lora(cfg: TrainConfig, device, dtype):
+    """(model folder, tokenizer, model with LoRA on cfg.targets; only LoRA trains)."""
+    folder = resolve_model_dir(cfg.model)
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder, dtype=dtype, device=device, quantize=cfg.quantize)
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices: the same init on every run with this seed
+    counts = inject(model, LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.rslora, cfg.targets))
+    print(f"model: {folder} ({'nf4' if cfg.quantize else cfg.dtype}) on {device}; {counts}")
+    model.gradient_checkpointing = cfg.grad_checkpointing
+    return folder, tokenizer, model
+
+
+def make_optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
+    if cfg.optim == "adamw8bit":  # the seed's choice: optimizer states in 8 bits (bitsandbytes)
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("--optim adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimizer step `step` (from 0), as a share of --lr: linear warmup
+    from 0, then linear or cosine decay to 0 at --max-steps, or constant."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.lr_schedule == "linear":
+        return max(0.0, 1 - progress)
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+def batch_nll(model, batch, device, dtype, amp) -> tuple[torch.Tensor, int]:
+    """(summed next-token loss over the batch's target tokens, their number)."""
+    x, y = batch["input_ids"].to(device), batch["labels"].to(device)       # (B, T) each
+    with torch.autocast(device.type, dtype=dtype, enabled=amp):
+        return target_nll(model, x, y)
+
+
+def train_step(model, micro: list[dict], params, optimizer, scaler, grad_clip: float,
+               device, dtype, amp) -> tuple[float, int, float]:
+    """One optimizer step over the micro-batches; returns (mean loss per target token, target
+    tokens, gradient norm before clipping)."""
+    n_targets = sum(count_targets(b["labels"]) for b in micro)  # over the whole step
+    step_nll = 0.0
+    for batch in micro:
+        nll, _ = batch_nll(model, batch, device, dtype, amp)
+        # Sum over tokens / tokens in the whole accumulated batch: every target token weighs
+        # the same, however the step was split into micro-batches.
+        scaler.scale(nll / n_targets).backward()
+        step_nll += nll.item()
+    loss = step_nll / n_targets
+    if not math.isfinite(loss):
+        return loss, n_targets, float("nan")     # the caller stops; nothing is stepped
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, n_targets, float(grad_norm)
+
+
+@torch.no_grad()
+def eval_loss(model, batches, device, dtype, amp) -> float:
+    """Mean next-token loss per target token over the evaluation batches."""
+    model.eval()
+    total, n = 0.0, 0
+    for batch in batches:
+        nll, k = batch_nll(model, batch, device, dtype, amp)
+        total, n = total + float(nll), n + k
+    model.train()
+    return total / max(n, 1)
+
+
+def finish(cfg: TrainConfig, out: Path, history: list[dict], model, folder: Path, dtype, step: int):
+    """The loss plot, the merged model if asked for, and the closing lines."""
     plot_losses(history, out / "loss.png")
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     if len(evals) > 1:
@@ -400,24 +386,10 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
     print(f"train further: the same flags plus --resume --max-steps N (N > {step})")
 
 
-def _resumable(cfg: TrainConfig) -> dict:
+def resumable(cfg: TrainConfig) -> dict:
     """Settings that must not change across --resume (max_steps, eval/save cadence may)."""
     free = {"max_steps", "eval_every", "save_every", "log_every", "merge", "device", "out", "strict"}
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
-
-
-def _get_rng() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng(state: dict):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def print_outputs(out: Path, files: list[tuple[str, str]]):

@@ -23,7 +23,6 @@ import torch.nn as nn
 from model import hub
 from model.config import LlamaConfig
 from model.errors import UserError
-from model.gguf import DEFAULT_MODEL_ID  # noqa: F401  re-exported: train.py writes it in adapters
 from model.llama import Llama
 from model.safetensors_file import TensorFile, checkpoint_files  # noqa: F401  (identity.py, tests)
 

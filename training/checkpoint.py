@@ -15,11 +15,17 @@ from the checkpoint's LoRA tensors (repair_adapter), and leftover temporary file
 
 torch.load runs with weights_only=True: a checkpoint.pt holding anything but tensors and plain
 Python values (a crafted pickle, say) is refused, never executed.
+
+Also here, the rest of what makes a run resumable: the state a step leaves (snapshot), putting it
+back (restore), the random generators' states, and Ctrl-C, which finishes the step in flight
+so that it can be saved (CtrlC).
 """
 
 import json
 import os
 import pickle
+import random
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -66,6 +72,84 @@ def load(out: str | os.PathLike) -> dict:
         raise UserError(f"{path} is not a train.py checkpoint (it has no '{missing[0]}'); "
                         "use another --out")
     return state
+
+
+def load_for_resume(out: str | os.PathLike, settings: dict) -> dict:
+    """load(), refusing a checkpoint whose run was started with other settings."""
+    state = load(out)
+    if state["config"] != settings:
+        diff = [k for k in state["config"] if state["config"][k] != settings.get(k)]
+        raise UserError(f"--resume: this run was started with different settings ({', '.join(diff)}); "
+                        "use the same flags or a new --out")
+    return state
+
+
+def snapshot(step: int, settings: dict, history: list, model, optimizer, scheduler, scaler, batcher) -> dict:
+    """Everything --resume needs after `step`, as tensors and plain values (weights_only loads it)."""
+    return {"step": step, "config": settings, "history": history,
+            "lora": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "data": batcher.state_dict(), "rng": rng_state()}
+
+
+def restore(state: dict, model, optimizer, scheduler, scaler, batcher) -> tuple[int, list]:
+    """Puts a snapshot back; returns (step, metrics history)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(state["lora"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    batcher.load_state_dict(state["data"])
+    set_rng_state(state["rng"])
+    return state["step"], state["history"]
+
+
+def resume(out, state: dict, write_adapter: Callable[[], None], model, optimizer, scheduler, scaler,
+           batcher) -> tuple[int, list]:
+    """restore(), then the adapter rewritten if a save was cut short before state.json."""
+    step, history = restore(state, model, optimizer, scheduler, scaler, batcher)
+    if repair_adapter(out, step, write_adapter):
+        print(f"rewrote the adapter in {out} from the checkpoint (step {step}); it was older or incomplete")
+    print(f"resumed at step {step} from {Path(out) / CHECKPOINT_NAME}")
+    return step, history
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CtrlC:
+    """Within `with CtrlC() as ctrl_c:`, a first Ctrl-C only sets ctrl_c.pressed (the loop finishes
+    its step, saves and stops); a second one exits at once with status 130, saving nothing."""
+
+    def __init__(self, say: Callable[[str], None] = print):
+        self.pressed, self.say = False, say
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_):
+        if self.pressed:
+            raise SystemExit(130)
+        self.say("stopping after this step (Ctrl-C again to abort without saving)")
+        self.pressed = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def adapter_step(out: str | os.PathLike) -> int | None:

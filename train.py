@@ -18,7 +18,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -41,81 +41,60 @@ from training.checks import check_config
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def opt(default, help: str):
+    """A config field with its --help text beside it."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # what to train
-    arch: str = "llama"               # llama (LoRA on an LLM) | rnn | lstm (char baselines)
-    model: str | None = None          # folder or hub id; None = embedded SmolLM2-135M-Instruct
-    data: str | None = "sample"       # bundled rows, a .json/.jsonl/.csv file, or samhog/psychology-10k
-    eval_data: str | None = None      # evaluation rows (default: what --data ships, else a split)
-    eval_fraction: float = 0.005      # held-out share when the data has no evaluation file
-    strict: bool = False              # stop at the first bad line instead of skipping and counting it
-    template: str = "chat"            # chat (the model's chat format) | alpaca (the seed's prompt)
-    max_len: int = 512
-    out: str = "runs/cpu-smollm2"
+    arch: str = opt("llama", "llama fine-tunes an LLM with LoRA; rnn / lstm train the char-level baselines")
+    model: str | None = opt(None, "model folder or hub repo id; none: the embedded SmolLM2-135M-Instruct")
+    data: str | None = opt("sample",
+        "training rows: 'sample' (bundled), a .json/.jsonl/.csv file or folder, or a hub dataset id")
+    eval_data: str | None = opt(None, "evaluation rows; none: the data's own eval file, else a held-out split")
+    eval_fraction: float = opt(0.005, "share of rows held out for evaluation when the data has no eval file")
+    strict: bool = opt(False,
+        "stop at the first line or row that would be skipped (not UTF-8, malformed JSON/CSV, "
+        "empty input or output), naming file:line, instead of skipping and counting it")
+    template: str = opt("chat", "prompt format: chat (the model's chat template) or alpaca (the seed's prompt)")
+    max_len: int = opt(512, "longest example in tokens; longer rows are truncated and counted")
+    out: str = opt("runs/cpu-smollm2", "run folder for the adapter, metrics, plot and checkpoints")
     # LoRA
-    lora_r: int = LoRAConfig.r
-    lora_alpha: float = LoRAConfig.alpha
-    lora_dropout: float = LoRAConfig.dropout
-    rslora: bool = LoRAConfig.use_rslora
-    targets: str = ",".join(DEFAULT_TARGETS)
+    lora_r: int = opt(LoRAConfig.r, "LoRA rank r")
+    lora_alpha: float = opt(LoRAConfig.alpha, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = opt(LoRAConfig.dropout, "dropout on the LoRA input (0 skips it)")
+    rslora: bool = opt(LoRAConfig.use_rslora, "scale by alpha / sqrt(r)")
+    targets: str = opt(",".join(DEFAULT_TARGETS),
+        "comma-separated module names that get LoRA (short names q,k,v,o,gate,up,down work)")
     # optimisation
-    max_steps: int = 60
-    batch_size: int = 4               # micro-batch
-    grad_accum: int = 1               # micro-batches per optimizer step
-    lr: float = 2e-4
-    lr_schedule: str = "linear"       # linear | cosine | constant (after warmup)
-    warmup_steps: int = 5
-    weight_decay: float = 0.01
-    optim: str = "adamw"              # adamw | adamw8bit (bitsandbytes)
-    grad_clip: float = 1.0
-    group_by_length: bool = False
+    max_steps: int = opt(60, "optimizer steps")
+    batch_size: int = opt(4, "examples per micro-batch")
+    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
+    lr: float = opt(2e-4, "peak learning rate")
+    lr_schedule: str = opt("linear", "after warmup: linear, cosine or constant")
+    warmup_steps: int = opt(5, "steps of linear warmup from 0")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    optim: str = opt("adamw", "adamw (torch) or adamw8bit (bitsandbytes, as the seed project used)")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
+    group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
     # precision and memory
-    quantize: str | None = None       # None | nf4
-    dtype: str = "float32"            # the base weights' and activations' dtype
-    grad_checkpointing: bool = False
-    device: str = "auto"
+    quantize: str | None = opt(None, "nf4 stores the base linears in 4 bits (QLoRA)")
+    dtype: str = opt("float32",
+        "base weights and compute: float32, bfloat16, float16 (with a GradScaler) or auto (bf16 "
+        "on GPUs that have it, else fp16; fp32 on CPU)")
+    grad_checkpointing: bool = opt(False, "recompute block activations in backward to save memory")
+    device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
     # bookkeeping
-    seed: int = 3407
-    eval_every: int = 20
-    save_every: int = 20
-    log_every: int = 1
-    merge: bool = False               # also write the merged full model to OUT/merged
+    seed: int = opt(3407, "random seed for LoRA init, data order and dropout")
+    eval_every: int = opt(20, "evaluate every N steps (0 = only at the end)")
+    save_every: int = opt(20, "checkpoint every N steps (0 = only at the end)")
+    log_every: int = opt(1, "write a metrics line every N steps")
+    merge: bool = opt(False, "also write the merged full model")
     # char baselines (--arch rnn|lstm)
-    char_steps: int = 1500
-    char_hidden: int = 256
-
-
-HELP = {
-    "arch": "llama fine-tunes an LLM with LoRA; rnn / lstm train the char-level baselines",
-    "model": "model folder or hub repo id; none: the embedded SmolLM2-135M-Instruct",
-    "data": "training rows: 'sample' (bundled), a .json/.jsonl/.csv file or folder, or a hub dataset id",
-    "eval_data": "evaluation rows; none: the data's own eval file, else a held-out split",
-    "eval_fraction": "share of rows held out for evaluation when the data has no eval file",
-    "strict": "stop at the first line or row that would be skipped (not UTF-8, malformed JSON/CSV, "
-              "empty input or output), naming file:line, instead of skipping and counting it",
-    "template": "prompt format: chat (the model's chat template) or alpaca (the seed's prompt)",
-    "max_len": "longest example in tokens; longer rows are truncated and counted",
-    "out": "run folder for the adapter, metrics, plot and checkpoints",
-    "lora_r": "LoRA rank r", "lora_alpha": "LoRA alpha (the update is scaled by alpha / r)",
-    "lora_dropout": "dropout on the LoRA input (0 skips it)", "rslora": "scale by alpha / sqrt(r)",
-    "targets": "comma-separated module names that get LoRA (short names q,k,v,o,gate,up,down work)",
-    "max_steps": "optimizer steps", "batch_size": "examples per micro-batch",
-    "grad_accum": "micro-batches accumulated per optimizer step",
-    "lr": "peak learning rate", "lr_schedule": "after warmup: linear, cosine or constant",
-    "warmup_steps": "steps of linear warmup from 0", "weight_decay": "AdamW weight decay",
-    "optim": "adamw (torch) or adamw8bit (bitsandbytes, as the seed project used)",
-    "grad_clip": "clip the gradient norm to this (0 = off)",
-    "group_by_length": "batch examples of similar length together (less padding)",
-    "quantize": "nf4 stores the base linears in 4 bits (QLoRA)",
-    "dtype": "base weights and compute: float32, bfloat16, float16 (with a GradScaler) or auto (bf16 on GPUs that have it, else fp16; fp32 on CPU)",
-    "grad_checkpointing": "recompute block activations in backward to save memory",
-    "device": "auto, cpu or cuda", "seed": "random seed for LoRA init, data order and dropout",
-    "eval_every": "evaluate every N steps (0 = only at the end)",
-    "save_every": "checkpoint every N steps (0 = only at the end)",
-    "log_every": "write a metrics line every N steps", "merge": "also write the merged full model",
-    "char_steps": "training steps of the char baselines", "char_hidden": "hidden size of the char baselines",
-}
+    char_steps: int = opt(1500, "training steps of the char baselines")
+    char_hidden: int = opt(256, "hidden size of the char baselines")
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, bool]:
@@ -139,7 +118,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
         used = preset.get(f.name, f.default)
         source = f"preset {preset_name}" if f.name in preset else "built in"
         shown = "none" if used is None else str(used).lower() if isinstance(used, bool) else used
-        help_text = f"{HELP[f.name]} (default: {shown}, {source})"
+        help_text = f"{f.metadata['help']} (default: {shown}, {source})"
         if f.type is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

@@ -282,6 +282,13 @@ def test_presets_hold_the_seed_recipe():
     assert cfg.grad_checkpointing and cfg.quantize == "nf4" and cfg.template == "alpaca"
 
 
+@pytest.mark.parametrize("preset", ["cpu-smollm2", "llama3-8b-t4"])
+def test_presets_hold_only_what_differs_from_the_defaults(preset):
+    defaults = dataclasses.asdict(train.TrainConfig())
+    same = [k for k, v in train.load_preset(preset).items() if defaults[k] == v]
+    assert same == [], f"{preset} repeats built-in defaults: {same}"
+
+
 def test_explicit_flags_win_over_the_preset():
     cfg, _ = train.parse_args(["--config", "llama3-8b-t4", "--lora-r", "32", "--max-steps", "900"])
     assert (cfg.lora_r, cfg.max_steps, cfg.lora_alpha) == (32, 900, 16)

@@ -44,7 +44,7 @@ from model.generation import SamplingConfig, generate
 from model.loss import target_nll
 from model.minilm import load_sentence_encoder
 from model.rnn import bits_per_char, is_char_run, load_char_model, row_text, sample_answer
-from model.weights import parse_dtype, resolve_model_dir
+from model.weights import parse_dtype, parse_quantize, resolve_model_dir
 from training.checks import check_device, check_range
 
 
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sts-model", default=None, help="sentence encoder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
-    p.add_argument("--quantize", default=None, choices=["nf4"], help="load the LLM in 4-bit NF4")
+    p.add_argument("--quantize", default="none", help="none, or nf4: load the LLM in 4-bit NF4 (default: none)")
     p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge")
     p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint of the judge")
     p.add_argument("--judge-model", default=None, help="judge model name")
@@ -116,6 +116,7 @@ def check_args(args) -> None:
     if args.limit is not None:
         check_range("--limit", args.limit, 1)
     check_range("--max-new-tokens", args.max_new_tokens, 1)
+    args.quantize = parse_quantize(args.quantize)
     check_range("--temperature", args.temperature, 0)
     check_range("--char-temperature", args.char_temperature, 0, None, False)
     try:

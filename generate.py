@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
-    p.add_argument("--quantize", default=None, choices=["nf4"], help="load the linears in 4-bit NF4")
+    p.add_argument("--quantize", default="none", help="none, or nf4: load the linears in 4-bit NF4 (default: none)")
     p.add_argument("--locale", default="US", help="crisis resources to show (US, GB, IE, CA, AU, NZ, IN, DE, FR, INTL)")
     p.add_argument("--serve", action="store_true", help="run an OpenAI-compatible HTTP server instead of chatting")
     p.add_argument("--host", default="127.0.0.1",
@@ -63,10 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args) -> None:
     """A one-line error naming the flag for any value a run cannot use, before the model loads."""
-    from model.weights import parse_dtype
+    from model.weights import parse_dtype, parse_quantize
     from safety.respond import locales, resolve_locale
     from training.checks import check_device, check_range
     check_range("--max-new-tokens", args.max_new_tokens, 1)
+    args.quantize = parse_quantize(args.quantize)
     check_range("--temperature", args.temperature, 0)
     check_range("--top-p", args.top_p, 0, 1, True, True)
     check_range("--top-k", args.top_k, 0)

@@ -34,7 +34,7 @@ from model.gguf import DEFAULT_MODEL_ID
 from model.identity import base_identity
 from model.loss import count_targets, target_nll
 from model.rnn import CharConfig, row_text, train_char_model, unigram_bits_per_char
-from model.weights import parse_dtype, resolve_model_dir
+from model.weights import parse_dtype, parse_quantize, resolve_model_dir
 from training import checkpoint
 from training.checks import check_config
 
@@ -80,7 +80,7 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
     # precision and memory
-    quantize: str | None = opt(None, "nf4 stores the base linears in 4 bits (QLoRA)")
+    quantize: str | None = opt(None, "none, or nf4: the base linears in 4 bits (QLoRA)")
     dtype: str = opt("float32",
         "base weights and compute: float32, bfloat16, float16 (with a GradScaler) or auto (bf16 "
         "on GPUs that have it, else fp16; fp32 on CPU)")
@@ -128,9 +128,10 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
 
     values.update(preset)
     values.update({k: v for k, v in vars(args).items() if k in values and v is not None})
-    for key in ("model", "quantize", "eval_data"):
+    for key in ("model", "eval_data"):
         if values[key] in ("", "none", "None"):
             values[key] = None
+    values["quantize"] = parse_quantize(values["quantize"])
     return TrainConfig(**values), args.resume
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from model.config import LlamaConfig
 from model.errors import UserError
 from model.loss import chunk_rows
+from model.weights import QUANTIZE, parse_quantize
 
 GIB = 1024**3
 T4_USABLE_GIB = 15.0          # a "16 GB" T4 reports 15,360 MiB to CUDA
@@ -194,8 +195,7 @@ def activation_bytes_per_token_block(config: LlamaConfig, args: MemoryPlanArgs) 
 
 
 def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
-    if args.quantize not in ("nf4", "none"):
-        raise UserError(f"--quantize {args.quantize}: choose nf4 or none")
+    parse_quantize(args.quantize)           # one spelling: none or nf4
     if args.optim not in OPTIMIZER_BYTES:
         raise UserError(f"--optim {args.optim}: choose {' or '.join(OPTIMIZER_BYTES)}")
     if args.dtype not in DTYPE_BYTES:
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=HELP["model"])
-    p.add_argument("--quantize", default="nf4", choices=("nf4", "none"), help=HELP["quantize"])
+    p.add_argument("--quantize", default="nf4", choices=QUANTIZE, help=HELP["quantize"])
     p.add_argument("--lora-r", type=int, default=16, help=HELP["lora_r"])
     p.add_argument("--lora-targets", default=",".join(TARGETS), help=HELP["lora_targets"])
     p.add_argument("--seq-len", type=int, default=2048, help=HELP["seq_len"])

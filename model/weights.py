@@ -46,6 +46,19 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     return _DTYPES[name]
 
 
+# The one spelling of --quantize in every script and the memory planner; None in code is "none".
+QUANTIZE = ("none", "nf4")
+
+
+def parse_quantize(value: str | None, flag: str = "--quantize") -> str | None:
+    """None or "none" -> None (weights in the compute dtype); "nf4" -> "nf4" (QLoRA's 4 bits)."""
+    if value is None or value == "none":
+        return None
+    if value == "nf4":
+        return value
+    raise UserError(f"{flag} {value}: choose {' or '.join(QUANTIZE)}")
+
+
 # ----------------------------------------------------------------------------- finding it
 def resolve_model_dir(path_or_id: str | os.PathLike | None = None, quiet: bool = False) -> Path:
     """A local folder holding config.json and the weights, downloading or converting if needed.
@@ -72,8 +85,7 @@ def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", 
     """Builds a Llama from a checkpoint (a folder, a hub repo id, or None: the embedded default).
     quantize="nf4" stores every linear inside the blocks in 4 bits (QLoRA); `adapter` applies a
     PEFT-format LoRA adapter folder on top, warning if it was trained on another base."""
-    if quantize not in (None, "nf4"):
-        raise UserError(f"quantize='{quantize}' is not supported; use None or 'nf4'")
+    quantize = parse_quantize(quantize, "quantize=")
     dtype = parse_dtype(dtype)
     compute_dtype = parse_dtype(compute_dtype) if compute_dtype is not None else dtype
     device = torch.device(device)

@@ -48,3 +48,22 @@ def test_evaluate_bad_flag_values_are_one_line_errors_naming_the_flag(flags, fla
     import evaluate
     with pytest.raises(UserError, match=f"^{flag}"):
         evaluate.main(["--out", str(tmp_path / "o"), *flags])
+
+
+def test_quantize_has_one_spelling_everywhere():
+    """none | nf4 in train.py, generate.py, evaluate.py and the memory planner; None in code."""
+    import evaluate
+    import generate
+    import train
+    from model.memory import build_parser
+    from model.weights import QUANTIZE, parse_quantize
+    assert QUANTIZE == ("none", "nf4")
+    assert [parse_quantize(v) for v in (None, "none", "nf4")] == [None, None, "nf4"]
+    assert train.parse_args(["--quantize", "none"])[0].quantize is None
+    assert train.parse_args(["--quantize", "nf4"])[0].quantize == "nf4"
+    assert build_parser().parse_args(["--model", "x", "--quantize", "none"]).quantize == "none"
+    for main in (generate.main, evaluate.main):
+        with pytest.raises(UserError, match="^--quantize int8: choose none or nf4$"):
+            main(["--quantize", "int8"])
+    with pytest.raises(UserError, match="^--quantize None: choose none or nf4$"):
+        train.parse_args(["--quantize", "None"])

@@ -17,7 +17,7 @@ CHOICES = {
     "template": ("chat", "alpaca"),
     "optim": ("adamw", "adamw8bit"),
     "lr_schedule": ("linear", "cosine", "constant"),
-    "quantize": (None, "nf4"),
+    "quantize": (None, "nf4"),          # parse_args has turned "none" into None
     "dtype": ("float32", "bfloat16", "float16", "auto", "fp32", "bf16", "fp16"),
 }
 

@@ -114,6 +114,7 @@ def test_every_tensor_of_a_saved_checkpoint_loads_with_weights_only(tiny_dir, ro
     assert checkpoint.adapter_step(out) == 2 and _adapter_matches_checkpoint(tiny_dir, out)
 
 
+@pytest.mark.slow
 def test_a_save_killed_at_every_phase_leaves_a_folder_that_resumes_exactly(tiny_dir, rows_file, tmp_path,
                                                                           monkeypatch):
     """The fault hits the k-th file rename of the save at step `at` (k = 1, 2, ... until a save

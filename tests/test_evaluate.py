@@ -32,6 +32,7 @@ def _evaluate(*argv):
     return subprocess.run([sys.executable, "evaluate.py", *argv], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_every_output_for_base_lora_and_char_variants(setup):
     root, tiny, data = setup
     out = root / "out"
@@ -52,6 +53,7 @@ def test_evaluate_writes_every_output_for_base_lora_and_char_variants(setup):
     assert table.count("\n") == 2 + 3 and "| lstm |" in table
 
 
+@pytest.mark.slow
 def test_evaluate_is_deterministic_under_a_seed(setup):
     root, tiny, data = setup
     outs = []
@@ -71,6 +73,7 @@ def test_missing_adapter_is_a_one_line_error(setup, tmp_path):
     assert len(lines) == 1 and "nope" in lines[0]
 
 
+@pytest.mark.slow
 def test_eval_rows_with_missing_fields_are_skipped_and_counted(setup):
     root, tiny, data = setup
     bad = root / "bad.jsonl"
@@ -92,6 +95,7 @@ def test_judge_that_is_down_is_reported_and_other_metrics_still_come(setup):
     assert result["judge"] is None and result["sts"] is not None
 
 
+@pytest.mark.slow
 def test_evaluate_ends_by_naming_every_file_it_wrote(setup):
     root, tiny, data = setup
     out = root / "named"

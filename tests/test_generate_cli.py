@@ -56,11 +56,13 @@ def chat():
 # --- --prompt ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prompt_prints_an_answer_on_stdout(one_shot):
     assert one_shot.stdout.strip()
     assert safety.DISCLAIMER not in one_shot.stdout  # a one-shot answer is only the answer
 
 
+@pytest.mark.slow
 def test_prompt_reports_tokens_per_second_on_stderr(one_shot):
     speeds = SPEED_LINE.findall(one_shot.stderr)
     assert len(speeds) == 1, one_shot.stderr
@@ -70,32 +72,38 @@ def test_prompt_reports_tokens_per_second_on_stderr(one_shot):
 # --- interactive chat -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_chat_shows_the_disclaimer_once(chat):
     assert chat.stdout.count(safety.DISCLAIMER) == 1
 
 
+@pytest.mark.slow
 def test_chat_answers_each_message(chat):
     answers = chat_answers(chat.stdout)
     assert len(answers) == 3, chat.stdout
     assert all(answer.strip() for answer in answers)
 
 
+@pytest.mark.slow
 def test_chat_reset_forgets_the_conversation(chat):
     assert chat.stdout.count("(conversation cleared)") == 2
     first, second, _ = chat_answers(chat.stdout)
     assert first == second  # greedy, and the same prompt once the history is gone
 
 
+@pytest.mark.slow
 def test_chat_answer_matches_the_one_shot_answer(chat, one_shot):
     assert chat_answers(chat.stdout)[0].strip() == one_shot.stdout.strip()
 
 
+@pytest.mark.slow
 def test_chat_crisis_message_gets_the_crisis_resources(chat):
     expected = safety.crisis_response(safety.detect(CRISIS), "US")
     assert "988" in expected
     assert chat_answers(chat.stdout)[2].strip() == expected.strip()
 
 
+@pytest.mark.slow
 def test_chat_crisis_message_does_not_run_the_model(chat):
     # One speed line per answer the model wrote: the two ordinary ones, not the crisis one.
     assert len(SPEED_LINE.findall(chat.stderr)) == 2, chat.stderr
@@ -104,6 +112,7 @@ def test_chat_crisis_message_does_not_run_the_model(chat):
 # --- --no-chat --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_chat_continues_raw_text():
     result = ok(run_generate("--no-chat", "--prompt", "Once upon a time", "--max-new-tokens", "8"))
     assert result.stdout.strip()

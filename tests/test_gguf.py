@@ -147,6 +147,7 @@ def hf_tokenizer(gguf_file):
 
 
 # ---------------------------------------------------------------- weights and config
+@pytest.mark.slow
 def test_weights_equal_transformers_loading_the_same_gguf(converted, hf_state_dict):
     ours = load_file(str(converted / "model.safetensors"))
     # the output layer is tied to the embedding, so only transformers lists it
@@ -196,6 +197,7 @@ def test_generation_config_has_the_gguf_token_ids(converted):
 
 
 # ---------------------------------------------------------------- tokenizer
+@pytest.mark.slow
 def test_tokenizer_encodes_like_transformers_gguf_tokenizer_with_smollm_split(converted, hf_tokenizer):
     ref = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())     # a copy to change
     ref.pre_tokenizer = pre_tokenizers.Sequence([

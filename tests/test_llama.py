@@ -70,6 +70,7 @@ def test_smollm2_logits_match_transformers(smollm2, hf_smollm2, smollm2_tokenize
     assert diff <= 1e-4
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_generation_matches_transformers_for_64_tokens(smollm2, hf_smollm2, smollm2_tokenizer):
     from model.chat import get_chat_format
     fmt = get_chat_format(smollm2_tokenizer)

@@ -111,6 +111,7 @@ def saved_nf4(ours_nf4, smollm2_dir, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- SmolLM2 in NF4
+@pytest.mark.slow
 def test_nf4_smollm2_logits_match_transformers_bitsandbytes(ours_logits, hf_nf4, ids):
     assert max_logit_diff(ours_logits, hf_nf4, ids) <= 1e-3
 
@@ -387,6 +388,7 @@ print(json.dumps({"peak": peak, "model_bytes": sum(t.numel() * t.element_size() 
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc for peak RSS")
+@pytest.mark.slow
 def test_loading_a_1b_checkpoint_in_nf4_peaks_below_4bit_size_plus_two_largest_tensors(tmp_path):
     folder = tmp_path / "llama-1b-random"
     try:

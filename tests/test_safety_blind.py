@@ -43,6 +43,7 @@ def test_lexicon_alone_gives_the_reported_figures(blind_set):
     assert measure(items, classifier=None) == reported(name)["lexicon"]
 
 
+@pytest.mark.slow
 def test_lexicon_and_classifier_give_the_reported_figures(blind_set):
     from safety.classifier import load_classifier
     if load_classifier(quiet=True) is None:

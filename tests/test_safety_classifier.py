@@ -284,6 +284,7 @@ def test_writers_are_dealt_round_robin_into_folds_in_name_order():
     assert writer_folds(items, 0)[0] == [4, 0, 3, 1, 2]  # one fold per writer
 
 
+@pytest.mark.slow
 def test_bad_fold_flags_are_named():
     for flags, name in ((["--folds", "1"], "--folds"), (["--dev-folds", "5"], "--dev-folds"),
                         (["--loko-together", "0"], "--loko-together")):

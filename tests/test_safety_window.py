@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from safety.learned import WindowClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +43,7 @@ def test_prefetch_scores_many_conversations_in_one_call_and_later_calls_hit_the_
     assert levels == ["none", "crisis", "none"] and len(model.calls) == 1
 
 
+@pytest.mark.slow
 def test_file_run_gives_the_same_results_as_one_text_at_a_time(tmp_path):
     texts = ["the pills are counted out on the counter", "I could murder a pizza",
              "thanks for everything, you won't hear from me after tonight"]

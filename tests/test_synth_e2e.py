@@ -30,6 +30,8 @@ import pytest
 
 from data import load_rows
 
+pytestmark = pytest.mark.slow      # a served model and a synth run end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVED_MODEL = "SmolLM2-135M-Instruct"   # the name generate.py --serve reports by default
 EVALUATOR = "scripted-evaluator"

@@ -4,7 +4,16 @@
 """
 
 from model.errors import UserError
-from model.weights import load_model
+
+
+# Both load on first use: `import model.errors` (the project's one error type) then stays free of
+# torch, for the rooms that must run without it (the safety lexicon, synth).
+def load_model(path_or_id=None, **options):
+    """The Llama of a checkpoint: a folder, a hub repo id, or None (the embedded default).
+    Options: dtype, device, quantize (None | "none" | "nf4"), compute_dtype, adapter, quiet;
+    see model/weights.py."""
+    from model.weights import load_model as load
+    return load(path_or_id, **options)
 
 
 def load_tokenizer(path_or_id=None):

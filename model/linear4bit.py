@@ -20,10 +20,12 @@ from model.errors import UserError
 from model.quant import (BLOCKSIZE, NESTED_BLOCKSIZE, STAT_SUFFIXES, QuantState, dequantizer,
                          quant_state_from_tensors, quant_state_to_tensors, quantize_nf4)
 
-BACKEND = "auto"           # "auto", "torch" or "bitsandbytes"; Linear4bit(backend=...) overrides
 
 
 # ----------------------------------------------------------------------------- the layer
+BACKENDS = ("auto", "torch", "bitsandbytes")
+
+
 class _MatmulNF4(torch.autograd.Function):
     """y = x W^T with W rebuilt from 4 bits. Backward rebuilds W again rather than keeping it,
     so only the packed bytes are saved; W is frozen, so only x gets a gradient."""
@@ -52,13 +54,17 @@ class Linear4bit(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  compute_dtype: torch.dtype = torch.bfloat16, blocksize: int = BLOCKSIZE,
-                 device=None, backend: str | None = None):
+                 device=None, backend: str = "auto"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight_shape = (out_features, in_features)
         self.compute_dtype, self.blocksize = compute_dtype, blocksize
         self.weight_dtype, self.nested_blocksize = compute_dtype, NESTED_BLOCKSIZE
-        self.backend = backend          # None: follow the module-level BACKEND
+        # Which dequantizer runs: "torch" (model/quant.py), "bitsandbytes" (its kernel, the same
+        # numbers), or "auto" (bitsandbytes when it is installed and the device is cpu or cuda).
+        if backend not in BACKENDS:
+            raise UserError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
+        self.backend = backend
         n = in_features * out_features
         n_blocks = -(-n // blocksize)
         empty = lambda size, dtype: torch.empty(size, dtype=dtype, device=device)  # noqa: E731
@@ -137,11 +143,11 @@ class Linear4bit(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> Tensor:
         """The (out, in) float weight, in `dtype` (default: the dtype it was quantized from)."""
-        dequantize = dequantizer(self.backend or BACKEND, self.weight.device)
+        dequantize = dequantizer(self.backend, self.weight.device)
         return dequantize(self.weight, self.quant_state, dtype or self.weight_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        dequantize = dequantizer(self.backend or BACKEND, x.device)
+        dequantize = dequantizer(self.backend, x.device)
         y = _MatmulNF4.apply(x.to(self.compute_dtype), self.weight, self.quant_state, dequantize)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
@@ -192,7 +198,7 @@ class Linear4bit(nn.Module):
 
 # ----------------------------------------------------------------------------- whole models
 def replace_linears_with_4bit(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
-                              skip: tuple[str, ...] = ("lm_head",)) -> int:
+                              skip: tuple[str, ...] = ("lm_head",), backend: str = "auto") -> int:
     """Swaps every nn.Linear (except those named in `skip`) for an empty Linear4bit of the same
     shape on the same device (typically "meta", before loading). Returns how many it swapped."""
     swapped = 0
@@ -200,7 +206,7 @@ def replace_linears_with_4bit(model: nn.Module, compute_dtype: torch.dtype = tor
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in skip:
             parent_name, _, child = name.rpartition(".")
             layer = Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
-                               compute_dtype=compute_dtype, device=module.weight.device)
+                               compute_dtype=compute_dtype, device=module.weight.device, backend=backend)
             setattr(model.get_submodule(parent_name), child, layer)
             swapped += 1
     return swapped

@@ -268,3 +268,15 @@ def test_replace_linears_skips_lm_head_and_the_reverse_restores_dense_layers():
 def test_unknown_backend_is_a_user_error():
     with pytest.raises(UserError, match="backend 'cuda-magic'"):
         quant.dequantizer("cuda-magic", "cpu")
+
+
+def test_the_backend_is_chosen_per_layer_and_checked_when_the_layer_is_built():
+    from model import linear4bit
+    assert not hasattr(linear4bit, "BACKEND")          # no module-wide switch to flip behind a test's back
+    assert Linear4bit(96, 48, compute_dtype=torch.float32, device="meta").backend == "auto"
+    with pytest.raises(UserError, match="backend 'fast'"):
+        Linear4bit(96, 48, device="meta", backend="fast")
+    dense, torch_layer = dense_and_4bit(backend="torch")
+    _, auto_layer = dense_and_4bit(backend="auto")
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch_layer(x), auto_layer(x))   # bit-exact twins wherever both run

@@ -92,7 +92,7 @@ def parse_args(argv=None):
 def hf_config(shape: str) -> dict:
     if shape == "tiny":
         return dict(TINY)
-    from model.memory import BUILTIN_CONFIGS
+    from tools.memory import BUILTIN_CONFIGS
     return dict(BUILTIN_CONFIGS["meta-llama/Meta-Llama-3-8B"])
 
 

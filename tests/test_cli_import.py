@@ -55,7 +55,7 @@ def test_quantize_has_one_spelling_everywhere():
     import evaluate
     import generate
     import train
-    from model.memory import build_parser
+    from tools.memory import build_parser
     from model.weights import QUANTIZE, parse_quantize
     assert QUANTIZE == ("none", "nf4")
     assert [parse_quantize(v) for v in (None, "none", "nf4")] == [None, None, "nf4"]

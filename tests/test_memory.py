@@ -1,4 +1,4 @@
-"""The memory planner (model/memory.py): exact parameter counts, the CLI, config sources, and an
+"""The memory planner (tools/memory.py): exact parameter counts, the CLI, config sources, and an
 activation estimate that matches what autograd really keeps."""
 
 import json
@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from model import memory
+from tools import memory
 from model.config import LlamaConfig
 from model.errors import UserError
-from model.memory import MemoryPlanArgs, estimate, load_config, main
+from tools.memory import MemoryPlanArgs, estimate, load_config, main
 
 SMOLLM2_135M = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
                 "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,

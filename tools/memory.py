@@ -1,6 +1,6 @@
 """Will a QLoRA run fit on the GPU? An estimate from config.json alone, before downloading weights.
 
-    python -m model.memory --model meta-llama/Meta-Llama-3-8B --quantize nf4 --lora-r 16 \\
+    python -m tools.memory --model meta-llama/Meta-Llama-3-8B --quantize nf4 --lora-r 16 \\
         --seq-len 2048 --batch-size 2 --grad-checkpointing
 
 Every number is plain arithmetic on the config (see the functions below), counted for this
@@ -46,6 +46,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora.inject import SHORT_NAMES, LoRAConfig
 from model.config import LlamaConfig
 from model.errors import UserError
 from model.loss import chunk_rows
@@ -58,7 +59,7 @@ NF4_BLOCK, NESTED_BLOCK = 64, 256
 CODE_BYTES = 16 * 4 + 256 * 4 + 4   # NF4 code, dynamic map and offset stored with each matrix
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 OPTIMIZER_BYTES = {"adamw8bit": 2, "adamw": 8}     # per trainable parameter
-TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+TARGETS = tuple(SHORT_NAMES)           # q, k, v, o, gate, up, down: lora/inject.py's short names
 LORA_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))   # linears fed the same input
 
 # ----------------------------------------------------------------------------- built-in configs
@@ -117,7 +118,7 @@ def load_config(model: str) -> tuple[LlamaConfig, str]:
 @dataclass
 class MemoryPlanArgs:
     quantize: str = "nf4"                  # "nf4" or "none" (base weights in the compute dtype)
-    lora_r: int = 16
+    lora_r: int = LoRAConfig.r
     lora_targets: tuple[str, ...] = TARGETS
     seq_len: int = 2048
     batch_size: int = 2
@@ -294,11 +295,11 @@ HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model.memory", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tools.memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=HELP["model"])
     p.add_argument("--quantize", default="nf4", choices=QUANTIZE, help=HELP["quantize"])
-    p.add_argument("--lora-r", type=int, default=16, help=HELP["lora_r"])
+    p.add_argument("--lora-r", type=int, default=LoRAConfig.r, help=HELP["lora_r"])
     p.add_argument("--lora-targets", default=",".join(TARGETS), help=HELP["lora_targets"])
     p.add_argument("--seq-len", type=int, default=2048, help=HELP["seq_len"])
     p.add_argument("--batch-size", type=int, default=2, help=HELP["batch_size"])

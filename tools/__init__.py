@@ -1,0 +1,1 @@
+"""User tools that are not the model: the memory planner (python -m tools.memory)."""

@@ -33,9 +33,10 @@ from model.errors import UserError
 from model.gguf import DEFAULT_MODEL_ID
 from model.identity import base_identity
 from model.loss import count_targets, target_nll
-from model.rnn import CharConfig, row_text, train_char_model, unigram_bits_per_char
+from model.rnn import CharConfig, row_text, unigram_bits_per_char
 from model.weights import parse_dtype, parse_quantize, resolve_model_dir
 from training import checkpoint
+from training.char import train_char_model
 from training.checks import check_config
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"

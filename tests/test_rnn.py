@@ -11,7 +11,8 @@ import torch
 from model.errors import UserError
 from model.rnn import (END, SEP, UNK, CharConfig, CharModel, CharVocab, bits_per_char,
                        is_char_run, load_char_model, row_text, sample_answer, save_char_model,
-                       temperature_probs, train_char_model, unigram_bits_per_char)
+                       temperature_probs, unigram_bits_per_char)
+from training.char import train_char_model
 
 FEELINGS = ["anxious", "tired", "lonely", "overwhelmed", "sad", "restless", "numb", "tense"]
 TIMES = ["at night", "in the morning", "at work", "on weekends", "after class", "at home"]

@@ -44,8 +44,8 @@ from model.generation import SamplingConfig, generate
 from model.loss import target_nll
 from model.minilm import load_sentence_encoder
 from model.rnn import bits_per_char, is_char_run, load_char_model, row_text, sample_answer
-from model.weights import parse_dtype, parse_quantize, resolve_model_dir
-from training.checks import check_device, check_range
+from model.weights import parse_quantize, resolve_model_dir
+from training.checks import check_device, check_dtype, check_range
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,13 +119,8 @@ def check_args(args) -> None:
     args.quantize = parse_quantize(args.quantize)
     check_range("--temperature", args.temperature, 0)
     check_range("--char-temperature", args.char_temperature, 0, None, False)
-    try:
-        parse_dtype(args.dtype)
-    except UserError:
-        raise UserError(f"--dtype {args.dtype}: choose float32, bfloat16 or float16") from None
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_device(args.device)
+    check_dtype(args.dtype)
+    args.device = check_device(args.device)
     if args.judge and not (args.judge_base_url and args.judge_model):
         raise UserError("--judge needs --judge-base-url and --judge-model")
 

@@ -12,8 +12,6 @@ import os
 import sys
 import time
 
-import torch
-
 from model.errors import UserError
 
 
@@ -63,21 +61,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(args) -> None:
     """A one-line error naming the flag for any value a run cannot use, before the model loads."""
-    from model.weights import parse_dtype, parse_quantize
+    from model.weights import parse_quantize
     from safety.respond import locales, resolve_locale
-    from training.checks import check_device, check_range
+    from training.checks import check_device, check_dtype, check_range
     check_range("--max-new-tokens", args.max_new_tokens, 1)
     args.quantize = parse_quantize(args.quantize)
     check_range("--temperature", args.temperature, 0)
     check_range("--top-p", args.top_p, 0, 1, True, True)
     check_range("--top-k", args.top_k, 0)
-    try:
-        parse_dtype(args.dtype)
-    except UserError:
-        raise UserError(f"--dtype {args.dtype}: choose float32, bfloat16 or float16") from None
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_device(args.device)
+    check_dtype(args.dtype)
+    args.device = check_device(args.device)
     if resolve_locale(args.locale)[1]:
         raise UserError(f"--locale {args.locale}: no crisis resources for it; choose one of "
                         f"{', '.join(locales())}")

@@ -10,6 +10,7 @@ import torch
 
 from lora.inject import DEFAULT_TARGETS, SHORT_NAMES
 from model.errors import UserError
+from model.weights import parse_dtype
 from training.checkpoint import CHECKPOINT_NAME
 
 CHOICES = {
@@ -93,15 +94,27 @@ def check_range(flag: str, value, low, high=None, low_ok=True, high_ok=None) -> 
         raise UserError(f"{flag} {value}: must be {_range_text(low, high, low_ok, high_ok)}")
 
 
-def check_device(device: str, flag: str = "--device") -> None:
-    if device in ("auto", "cpu"):
-        return
+def check_dtype(dtype: str, flag: str = "--dtype") -> None:
+    try:
+        parse_dtype(dtype)
+    except UserError:
+        raise UserError(f"{flag} {dtype}: choose float32, bfloat16 or float16") from None
+
+
+def check_device(device: str, flag: str = "--device") -> str:
+    """The device a run will use ("auto": cuda when PyTorch sees a GPU, else cpu), or a
+    UserError naming the flag."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
     if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise UserError(f"{flag} {device}: choose auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise UserError(f"{flag} {device}: PyTorch sees no CUDA GPU here; use {flag} cpu or auto")
     if device != "cuda" and int(device[5:]) >= torch.cuda.device_count():
         raise UserError(f"{flag} {device}: there are only {torch.cuda.device_count()} CUDA GPUs (cuda:0 ...)")
+    return device
 
 
 def _range_text(low, high, low_ok, high_ok) -> str:

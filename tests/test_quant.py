@@ -280,3 +280,41 @@ def test_the_backend_is_chosen_per_layer_and_checked_when_the_layer_is_built():
     _, auto_layer = dense_and_4bit(backend="auto")
     x = torch.randn(3, 96, generator=torch.Generator().manual_seed(0))
     assert torch.equal(torch_layer(x), auto_layer(x))   # bit-exact twins wherever both run
+
+
+@pytest.mark.parametrize("shape", [(96, 200), (33, 65), (512, 1024)])
+def test_the_readable_reference_agrees_with_the_bitsandbytes_exact_path(shape):
+    """model/nf4_reference.py (plain nearest-value search) against model/quant.py (bitsandbytes'
+    bytes). They agree everywhere except in the two places named below."""
+    from model import nf4_reference as ref
+    from model.quant import GRID_POINTS
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    packed, state = quantize_nf4(w)
+    q4, q8, nested, offset = ref.quantize(w)
+    n = w.numel()
+    nibbles = torch.stack([packed.view(-1) >> 4, packed.view(-1) & 0x0F], dim=1).reshape(-1)[:n].long()
+
+    # 1. The 4-bit codes. Whole blocks multiply by 1/absmax where the reference divides; the two
+    #    can round apart only for a value that lies on a midpoint between two NF4 values.
+    blocks = ref.blockwise(w.flatten(), 64)
+    scaled = (blocks / blocks.abs().amax(dim=1, keepdim=True)).flatten()[:n]
+    midpoints = (ref.NF4[:-1] + ref.NF4[1:]) / 2
+    apart = q4 != nibbles
+    assert apart.float().mean() <= 1e-3
+    assert all((midpoints - v).abs().min() < 1e-6 for v in scaled[apart])
+
+    # 2. The 8-bit absmax codes. bitsandbytes' CPU kernel first rounds each scaled value to one of
+    #    65,536 grid points on [-1, 1] and takes the code nearest that point, so a value within
+    #    half a grid step of a midpoint between two dynamic codes can get the neighbouring code.
+    assert torch.equal(nested, state.nested_absmax) and torch.equal(offset, state.offset)
+    centred = ref.blockwise(blocks.abs().amax(dim=1) - offset, 256)
+    v8 = (centred / centred.abs().amax(dim=1, keepdim=True)).flatten()[:q8.numel()]
+    dyn_mid = (ref.DYNAMIC[:-1] + ref.DYNAMIC[1:]) / 2
+    apart8 = q8 != state.absmax.long()
+    assert apart8.float().mean() <= 5e-3        # (512, 1024): 8 of 8,192
+    assert ((q8 - state.absmax.long()).abs() <= 1).all()
+    assert all((dyn_mid - v).abs().min() <= 1 / (GRID_POINTS - 1) for v in v8[apart8])
+
+    # 3. Dequantizing: from the same codes, the reference gives the same float32 numbers.
+    same = ref.dequantize(nibbles, state.absmax.long(), state.nested_absmax, state.offset, shape)
+    assert torch.equal(same, dequantize_nf4(packed, state, torch.float32))

@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from model.errors import UserError
-from model.quant import (BLOCKSIZE, NESTED_BLOCKSIZE, STAT_SUFFIXES, QuantState, dequantizer,
+from model.quant import (BLOCKSIZE, NESTED_BLOCKSIZE, STAT_SUFFIXES, TENSOR_FIELDS, QuantState, dequantizer,
                          quant_state_from_tensors, quant_state_to_tensors, quantize_nf4)
 
 
@@ -50,7 +50,7 @@ class Linear4bit(nn.Module):
     optimizer never sees it and `.to(device)` moves it. Build it with from_linear, from_weight or
     from_quantized, or empty (e.g. on "meta") and fill it with quantize_ / load_quantized."""
 
-    _STATS = ("absmax", "nested_absmax", "nested_code", "offset", "code")  # QuantState's tensors
+    _STATS = TENSOR_FIELDS               # QuantState's tensors, kept here as buffers of the same names
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  compute_dtype: torch.dtype = torch.bfloat16, blocksize: int = BLOCKSIZE,

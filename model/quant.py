@@ -42,7 +42,10 @@ BLOCKSIZE = 64             # weights per absmax (bitsandbytes' default for 4-bit
 NESTED_BLOCKSIZE = 256     # absmax values per float32 scale in double quantization
 QUANT_TYPE = "nf4"
 STATE_KEY = "quant_state.bitsandbytes__nf4"   # the JSON entry bitsandbytes saves per weight
-STAT_SUFFIXES = ("absmax", "quant_map", "nested_absmax", "nested_quant_map", STATE_KEY)  # "X.weight.<suffix>"
+# QuantState's tensor fields, and the name bitsandbytes saves each under: "X.weight.<name>".
+SAVED_NAMES = {"absmax": "absmax", "code": "quant_map", "nested_absmax": "nested_absmax",
+               "nested_code": "nested_quant_map"}
+STAT_SUFFIXES = (*SAVED_NAMES.values(), STATE_KEY)
 TINY = 1e-38               # bitsandbytes' floor under an absmax before dividing by it
 
 # The 16 NF4 values, as bitsandbytes and the QLoRA paper list them (float32).
@@ -96,6 +99,9 @@ def create_dynamic_map() -> Tensor:
 
 
 # ----------------------------------------------------------------------------- the state
+TENSOR_FIELDS = ("absmax", "nested_absmax", "nested_code", "offset", "code")   # QuantState's tensors
+
+
 @dataclass
 class QuantState:
     """Everything besides the packed bytes that is needed to rebuild a weight."""
@@ -111,7 +117,7 @@ class QuantState:
 
     def tensors(self) -> tuple[Tensor, ...]:
         """The tensor fields, in field order: QuantState(*state.tensors(), *state.layout())."""
-        return self.absmax, self.nested_absmax, self.nested_code, self.offset, self.code
+        return tuple(getattr(self, name) for name in TENSOR_FIELDS)
 
     def layout(self) -> tuple:
         return self.shape, self.dtype, self.blocksize, self.nested_blocksize
@@ -302,14 +308,11 @@ def quant_state_to_tensors(prefix: str, packed: Tensor, state: QuantState) -> di
               "nested_blocksize": state.nested_blocksize, "nested_dtype": "float32",
               "nested_offset": state.offset.item()}
     text = json.dumps(fields).encode("utf-8")
-    return {
-        prefix: packed,
-        f"{prefix}.absmax": state.absmax,
-        f"{prefix}.quant_map": state.code.clone(),        # clones: safetensors refuses
-        f"{prefix}.nested_absmax": state.nested_absmax,
-        f"{prefix}.nested_quant_map": state.nested_code.clone(),  # tensors that share memory
-        f"{prefix}.{STATE_KEY}": torch.tensor(list(text), dtype=torch.uint8),
-    }
+    tensors = {prefix: packed}
+    for field, name in SAVED_NAMES.items():     # clones: safetensors refuses tensors that share memory
+        tensors[f"{prefix}.{name}"] = getattr(state, field).clone()
+    tensors[f"{prefix}.{STATE_KEY}"] = torch.tensor(list(text), dtype=torch.uint8)
+    return tensors
 
 
 def quant_state_from_tensors(prefix: str, tensors: dict[str, Tensor],
@@ -343,18 +346,18 @@ def quant_state_from_tensors(prefix: str, tensors: dict[str, Tensor],
         packed = packed.contiguous().view(torch.uint8)
     n = math.prod(shape)
     n_blocks = -(-n // blocksize)
-    expected = {prefix: (n + 1) // 2, f"{prefix}.absmax": n_blocks,
-                f"{prefix}.nested_absmax": -(-n_blocks // nested_blocksize),
-                f"{prefix}.quant_map": 16, f"{prefix}.nested_quant_map": 256}
+    sizes = {"absmax": n_blocks, "nested_absmax": -(-n_blocks // nested_blocksize), "code": 16,
+             "nested_code": 256}
+    expected = {prefix: (n + 1) // 2, **{f"{prefix}.{SAVED_NAMES[f]}": size for f, size in sizes.items()}}
     for key, size in expected.items():
         if get(key).numel() != size:
             raise UserError(f"{source}: '{key}' holds {get(key).numel()} values but its "
                             f"quant_state shape {list(shape)} implies {size}; the checkpoint is corrupt")
-    state = QuantState(absmax=get(f"{prefix}.absmax").to(torch.uint8),
-                       nested_absmax=get(f"{prefix}.nested_absmax").float(),
-                       nested_code=get(f"{prefix}.nested_quant_map").float(),
+    stat = {field: get(f"{prefix}.{name}") for field, name in SAVED_NAMES.items()}
+    state = QuantState(absmax=stat["absmax"].to(torch.uint8), nested_absmax=stat["nested_absmax"].float(),
+                       nested_code=stat["nested_code"].float(),
                        offset=torch.tensor(offset, dtype=torch.float32, device=packed.device),
-                       code=get(f"{prefix}.quant_map").float(),
+                       code=stat["code"].float(),
                        shape=shape, dtype=dtype, blocksize=blocksize, nested_blocksize=nested_blocksize)
     return packed.reshape(-1, 1), state
 

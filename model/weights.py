@@ -24,6 +24,7 @@ from model import hub
 from model.config import LlamaConfig
 from model.errors import UserError
 from model.llama import Llama
+from model.quant import SAVED_NAMES, STATE_KEY
 from model.safetensors_file import TensorFile, checkpoint_files  # noqa: F401  (identity.py, tests)
 
 
@@ -202,7 +203,7 @@ def _group_quantized(keys: list[str]) -> dict[str, list[str]]:
     """bitsandbytes 4-bit layout: `X.weight` plus `X.weight.absmax`, `.quant_map`, ... ."""
     present = set(keys)
     groups = {key: [key] for key in keys if key.endswith(".weight") and (
-        f"{key}.quant_state.bitsandbytes__nf4" in present or f"{key}.absmax" in present)}
+        f"{key}.{STATE_KEY}" in present or f"{key}.{SAVED_NAMES['absmax']}" in present)}
     for key in keys:
         base = key.split(".weight.", 1)[0] + ".weight"
         if key != base and base in groups:

@@ -37,7 +37,7 @@ from model.rnn import CharConfig, row_text, unigram_bits_per_char
 from model.weights import parse_dtype, parse_quantize, resolve_model_dir
 from training import checkpoint
 from training.char import train_char_model
-from training.checks import check_config
+from training.checks import check_config, check_device
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -263,8 +263,7 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
 def device_and_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
     """--device auto: cuda when there is a GPU; --dtype auto: bf16 where the GPU has it, fp16 on
     older GPUs (T4), fp32 on CPU (written back into cfg, so train_config.json says what ran)."""
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    device = torch.device(check_device(cfg.device))      # the one place "auto" is resolved
     if cfg.dtype == "auto":
         cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") \
             if device.type == "cuda" else "float32"

@@ -12,12 +12,16 @@ compatible servers do. The sampler copes with every value let through (model/gen
 import json
 from dataclasses import replace
 
+from model.errors import UserError
 from model.generation import SamplingConfig
 
 ROLES = {"system", "user", "assistant", "developer"}
 
 
-class RequestError(Exception):
+class RequestError(UserError):
+    """Bad input from an HTTP client: the project's UserError, plus what the 400 reply carries
+    (the field in "param", OpenAI's error "code", the HTTP status)."""
+
     def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400):
         super().__init__(message)
         self.param, self.code, self.status = param, code, status

@@ -18,7 +18,6 @@ Each variant answers every eval row; then, per variant:
 Writes results.md, results.csv, results.json, chart.png and examples.jsonl into --out.
 """
 
-import argparse
 import csv
 import json
 import sys
@@ -44,33 +43,36 @@ from model.generation import SamplingConfig, generate
 from model.loss import target_nll
 from model.minilm import load_sentence_encoder
 from model.rnn import bits_per_char, is_char_run, load_char_model, row_text, sample_answer
-from model.weights import parse_quantize, resolve_model_dir
+from model.checkpoint.load import parse_quantize, resolve_model_dir
 from training.checks import check_device, check_dtype, check_range
+from training.flags import opt, parse_config
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="base",
-                   help="comma-separated: 'base' and/or run folders (a LoRA adapter or an rnn/lstm run)")
-    p.add_argument("--model", default=None, help="base model folder or hub id (default: the embedded SmolLM2)")
-    p.add_argument("--data", default=None, help="evaluation rows (default: the bundled data/sample/eval.jsonl)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N evaluation rows")
-    p.add_argument("--out", default="eval", help="folder for results.md/csv/json, chart.png, examples.jsonl")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (tokens; x4 characters for char models)")
-    p.add_argument("--temperature", type=float, default=0.0, help="LLM sampling temperature (0 = greedy)")
-    p.add_argument("--char-temperature", type=float, default=0.8, help="sampling temperature for the char models")
-    p.add_argument("--template", default=None, choices=["chat", "alpaca"],
-                   help="prompt format (default: each run's own, from its train_config.json; chat for base)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling; results are deterministic under it")
-    p.add_argument("--sts-model", default=None, help="sentence encoder (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
-    p.add_argument("--quantize", default="none", help="none, or nf4: load the LLM in 4-bit NF4 (default: none)")
-    p.add_argument("--judge", action="store_true", help="also score answers with an LLM judge")
-    p.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint of the judge")
-    p.add_argument("--judge-model", default=None, help="judge model name")
-    p.add_argument("--judge-api-key", default=None, help="judge API key (default: $OPENAI_API_KEY)")
-    return p.parse_args(argv)
+@dataclass
+class EvaluateConfig:
+    variants: str = opt("base", "comma-separated: 'base' and/or run folders (a LoRA adapter or an rnn/lstm run)")
+    model: str | None = opt(None, "base model folder or hub id; none: the embedded SmolLM2", nullable=True)
+    data: str | None = opt(None, "evaluation rows; none: the bundled data/sample/eval.jsonl", nullable=True)
+    limit: int | None = opt(None, "use only the first N evaluation rows; none: all of them")
+    out: str = opt("eval", "folder for results.md/csv/json, chart.png, examples.jsonl")
+    max_new_tokens: int = opt(128, "answer length limit (tokens; x4 characters for char models)")
+    temperature: float = opt(0.0, "LLM sampling temperature (0 = greedy)")
+    char_temperature: float = opt(0.8, "sampling temperature for the char models")
+    template: str | None = opt(None, "prompt format; none: each run's own, from its train_config.json "
+                                     "(chat for base)", choices=("chat", "alpaca"))
+    seed: int = opt(0, "seed for sampling; results are deterministic under it")
+    sts_model: str | None = opt(None, "sentence encoder; none: the packaged all-MiniLM-L6-v2", nullable=True)
+    dtype: str = opt("float32", "float32, bfloat16 or float16")
+    device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
+    quantize: str | None = opt(None, "none, or nf4: load the LLM in 4-bit NF4")
+    judge: bool = opt(False, "also score answers with an LLM judge")
+    judge_base_url: str | None = opt(None, "OpenAI-compatible endpoint of the judge")
+    judge_model: str | None = opt(None, "judge model name")
+    judge_api_key: str | None = opt(None, "judge API key", env="OPENAI_API_KEY", secret=True)
+
+
+def parse_args(argv=None) -> EvaluateConfig:
+    return parse_config(EvaluateConfig, argv, description=__doc__)[0]
 
 
 

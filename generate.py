@@ -7,61 +7,62 @@ OpenAI-compatible HTTP server (--serve).
     python generate.py --serve --port 8000               # POST /v1/chat/completions
 """
 
-import argparse
-import os
 import sys
 import time
+from dataclasses import dataclass
 
 from model.errors import UserError
+from training.flags import opt, parse_config
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="model folder or hub repo id (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", default=None, help="a LoRA adapter folder (a train.py run folder or PEFT adapter)")
-    p.add_argument("--prompt", default=None, help="answer this one message and exit (default: interactive chat)")
-    p.add_argument("--system", default=None,
-                   help="system prompt (default: the safety layer's boundaries prompt; '' for none)")
-    p.add_argument("--no-chat", action="store_true", help="feed --prompt to the model raw, with no chat template")
-    p.add_argument("--chat-format", default=None, choices=["llama3", "chatml", "alpaca"],
-                   help="prompt format (default: detected from the tokenizer)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate per answer")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--device", default="auto", help="auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
-    p.add_argument("--quantize", default="none", help="none, or nf4: load the linears in 4-bit NF4 (default: none)")
-    p.add_argument("--locale", default="US", help="crisis resources to show (US, GB, IE, CA, AU, NZ, IN, DE, FR, INTL)")
-    p.add_argument("--serve", action="store_true", help="run an OpenAI-compatible HTTP server instead of chatting")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="server address (--serve; default: %(default)s, this machine only; 0.0.0.0 = every interface)")
-    p.add_argument("--port", type=int, default=8000, help="server port (--serve; default: %(default)s; 0 = any free port)")
-    p.add_argument("--model-name", default=None, help="model name the server reports (default: from --model)")
-    p.add_argument("--api-key", default=None,
-                   help="ask every request for 'Authorization: Bearer KEY' and answer 401 without it "
-                        "(--serve; default: $LLAMACARE_API_KEY if set, else no key; without one, a --host "
-                        "other than loopback prints a warning)")
-    p.add_argument("--max-body", type=int, default=1 << 20,
-                   help="largest request body in bytes; a larger Content-Length is answered 413 before "
-                        "the body is read (--serve; default: %(default)s = 1 MiB)")
-    p.add_argument("--read-timeout", type=float, default=30.0,
-                   help="seconds a client has to send a whole request (line, headers and body: 408 past "
-                        "it) and to start the next one on an open connection (closed past it) "
-                        "(--serve; default: %(default)s)")
-    p.add_argument("--max-connections", type=int, default=32,
-                   help="connections served at once (each holds a thread); one more is answered 503 "
-                        "at once (--serve; default: %(default)s)")
-    return p.parse_args(argv)
+@dataclass
+class GenerateConfig:
+    # the model
+    model: str | None = opt(None, "model folder or hub repo id; none: the embedded SmolLM2-135M-Instruct",
+                            nullable=True)
+    adapter: str | None = opt(None, "a LoRA adapter folder (a train.py run folder or PEFT adapter)",
+                              nullable=True)
+    dtype: str = opt("float32", "float32, bfloat16 or float16")
+    device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
+    quantize: str | None = opt(None, "none, or nf4: load the linears in 4-bit NF4")
+    # what to say
+    prompt: str | None = opt(None, "answer this one message and exit; none: an interactive chat")
+    system: str = opt("safety", "system prompt: 'safety' (the safety layer's boundaries prompt), '' for "
+                                "none, or your own text")
+    chat: bool = opt(True, "wrap the text in the model's chat format; --no-chat feeds --prompt raw")
+    chat_format: str | None = opt(None, "prompt format; none: detected from the tokenizer",
+                                  choices=("llama3", "chatml", "alpaca"))
+    locale: str = opt("US", "crisis resources to show (US, GB, IE, CA, AU, NZ, IN, DE, FR, INTL)")
+    # sampling
+    max_new_tokens: int = opt(256, "most tokens to generate per answer")
+    temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
+    top_p: float = opt(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = opt(0, "sample among the k most likely tokens (0 = off)")
+    seed: int | None = opt(None, "random seed for sampling")
+    # the server (--serve)
+    serve: bool = opt(False, "run an OpenAI-compatible HTTP server instead of chatting")
+    host: str = opt("127.0.0.1", "server address: this machine only; 0.0.0.0 = every interface")
+    port: int = opt(8000, "server port (0 = any free port)")
+    model_name: str | None = opt(None, "model name the server reports; none: from --model")
+    api_key: str | None = opt(None, "ask every request for 'Authorization: Bearer KEY' and answer 401 "
+                                    "without it; without one, a --host other than loopback prints a "
+                                    "warning", env="LLAMACARE_API_KEY", secret=True)
+    max_body: int = opt(1 << 20, "largest request body in bytes (1048576 = 1 MiB); a larger "
+                                 "Content-Length is answered 413 before the body is read")
+    read_timeout: float = opt(30.0, "seconds a client has to send a whole request (line, headers and "
+                                    "body: 408 past it) and to start the next one on an open "
+                                    "connection (closed past it)")
+    max_connections: int = opt(32, "connections served at once (each holds a thread); one more is "
+                                   "answered 503 at once")
 
 
+def parse_args(argv=None) -> GenerateConfig:
+    return parse_config(GenerateConfig, argv, description=__doc__)[0]
 
 
 def check_args(args) -> None:
     """A one-line error naming the flag for any value a run cannot use, before the model loads."""
-    from model.weights import parse_quantize
+    from model.checkpoint.load import parse_quantize
     from safety.respond import locales, resolve_locale
     from training.checks import check_device, check_dtype, check_range
     check_range("--max-new-tokens", args.max_new_tokens, 1)
@@ -79,28 +80,28 @@ def check_args(args) -> None:
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
-    if args.no_chat and args.prompt is None and not args.serve:  # before the slow model load
+    if not args.chat and args.prompt is None and not args.serve:  # before the slow model load
         raise UserError("--no-chat needs --prompt: pass the text to continue, e.g. "
                         "--no-chat --prompt \"Once upon a time\"")
     if args.serve:  # check the server's flags before the slow model load
-        from server import API_KEY_ENV, ServerConfig
+        from server import ServerConfig
         server_config = ServerConfig(
             host=args.host, port=args.port, model_name=args.model_name or (args.model or "SmolLM2-135M-Instruct"),
-            api_key=args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None),
+            api_key=args.api_key,
             max_body=args.max_body, read_timeout=args.read_timeout, max_connections=args.max_connections)
     import safety
     from assistant import Assistant
     from model import load_model, load_tokenizer
-    from model.chat import get_chat_format
+    from model.tokenizer.chat import get_chat_format
     from model.generation import SamplingConfig, TextStream, generate_stream
-    from model.weights import resolve_model_dir
+    from model.checkpoint.load import resolve_model_dir
 
     folder = resolve_model_dir(args.model)
     tokenizer = load_tokenizer(folder)
     model = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize,
                        adapter=args.adapter)
-    fmt = get_chat_format(tokenizer, "none" if args.no_chat else args.chat_format)
-    system = safety.SYSTEM_PROMPT if args.system is None else (args.system or None)
+    fmt = get_chat_format(tokenizer, args.chat_format if args.chat else "none")
+    system = safety.SYSTEM_PROMPT if args.system == "safety" else (args.system or None)
     assistant = Assistant(model, tokenizer, fmt, locale=args.locale, system_prompt=system)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k, top_p=args.top_p, seed=args.seed)
@@ -110,7 +111,7 @@ def main(argv=None):
         serve(assistant, sampling, server_config)
         return
 
-    if args.no_chat:  # raw text in, raw continuation out: no template, no chat safety turn
+    if not args.chat:  # raw text in, raw continuation out: no template, no chat safety turn
         ids = tokenizer.encode(args.prompt, bos=tokenizer.bos_id is not None)
         stream, start, n = TextStream(tokenizer), time.perf_counter(), 0
         for token in generate_stream(model, ids, sampling, [tokenizer.eos_id]):

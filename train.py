@@ -18,7 +18,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,31 +30,29 @@ from lora import inject, save_adapter, save_merged
 from lora.inject import DEFAULT_TARGETS, LoRAConfig
 from model import load_model, load_tokenizer
 from model.errors import UserError
-from model.gguf import DEFAULT_MODEL_ID
-from model.identity import base_identity
+from model.checkpoint.gguf import DEFAULT_MODEL_ID
+from model.checkpoint.identity import base_identity
 from model.loss import count_targets, target_nll
 from model.rnn import CharConfig, row_text, unigram_bits_per_char
-from model.weights import parse_dtype, parse_quantize, resolve_model_dir
+from model.checkpoint.load import parse_dtype, parse_quantize, resolve_model_dir
 from training import checkpoint
 from training.char import train_char_model
 from training.checks import check_config, check_device
+from training.flags import opt, parse_config
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def opt(default, help: str):
-    """A config field with its --help text beside it."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # what to train
     arch: str = opt("llama", "llama fine-tunes an LLM with LoRA; rnn / lstm train the char-level baselines")
-    model: str | None = opt(None, "model folder or hub repo id; none: the embedded SmolLM2-135M-Instruct")
+    model: str | None = opt(None, "model folder or hub repo id; none: the embedded SmolLM2-135M-Instruct",
+                            nullable=True)
     data: str | None = opt("sample",
         "training rows: 'sample' (bundled), a .json/.jsonl/.csv file or folder, or a hub dataset id")
-    eval_data: str | None = opt(None, "evaluation rows; none: the data's own eval file, else a held-out split")
+    eval_data: str | None = opt(None, "evaluation rows; none: the data's own eval file, else a held-out split",
+                                nullable=True)
     eval_fraction: float = opt(0.005, "share of rows held out for evaluation when the data has no eval file")
     strict: bool = opt(False,
         "stop at the first line or row that would be skipped (not UTF-8, malformed JSON/CSV, "
@@ -103,37 +101,21 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--config", default=None)
     preset_name = first.parse_known_args(argv)[0].config or "cpu-smollm2"
-    values = dataclasses.asdict(TrainConfig())
     preset = load_preset(preset_name)
-    unknown = set(preset) - set(values)
+    unknown = set(preset) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise UserError(f"--config {preset_name}: unknown key '{sorted(unknown)[0]}'")
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None,
-                   help="a preset name (cpu-smollm2, llama3-8b-t4) or a JSON file; flags given "
-                        "here win (default: cpu-smollm2)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        used = preset.get(f.name, f.default)
-        source = f"preset {preset_name}" if f.name in preset else "built in"
-        shown = "none" if used is None else str(used).lower() if isinstance(used, bool) else used
-        help_text = f"{f.metadata['help']} (default: {shown}, {source})"
-        if f.type is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            kind = f.type if f.type in (int, float) else str
-            p.add_argument(flag, type=kind, default=None, help=help_text)
-    args = p.parse_args(argv)
+    def script_flags(p: argparse.ArgumentParser):
+        p.add_argument("--config", default=None,
+                       help="a preset name (cpu-smollm2, llama3-8b-t4) or a JSON file; flags given "
+                            "here win (default: cpu-smollm2)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
 
-    values.update(preset)
-    values.update({k: v for k, v in vars(args).items() if k in values and v is not None})
-    for key in ("model", "eval_data"):
-        if values[key] in ("", "none", "None"):
-            values[key] = None
-    values["quantize"] = parse_quantize(values["quantize"])
-    return TrainConfig(**values), args.resume
+    cfg, args = parse_config(TrainConfig, argv, description=__doc__, preset=preset,
+                             preset_name=preset_name, extra_flags=script_flags)
+    cfg.quantize = parse_quantize(cfg.quantize)
+    return cfg, args.resume
 
 
 def load_preset(name: str) -> dict:

@@ -138,7 +138,7 @@ def peak_mib() -> float:
 def child(args) -> dict:
     from data import build_examples, field_char_limit, load_rows
     from model import load_tokenizer
-    from model.gguf import default_model_dir
+    from model.checkpoint.gguf import default_model_dir
 
     tokenizer = load_tokenizer(default_model_dir())
     out = {"rss_floor_mib": peak_mib()}

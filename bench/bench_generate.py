@@ -249,9 +249,9 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from model import load_model, load_tokenizer
-    from model.chat import get_chat_format
-    from model.gguf import default_model_dir
-    from model.weights import parse_dtype
+    from model.tokenizer.chat import get_chat_format
+    from model.checkpoint.gguf import default_model_dir
+    from model.checkpoint.load import parse_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)

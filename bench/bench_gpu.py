@@ -20,7 +20,7 @@ exists anywhere. The batches are random token ids with every position a target.
             GPU has it, else fp16 with a GradScaler; peak memory (target < 10 GB) and tokens/s.
 
 The reference gets the same NF4 bytes: a first child process builds our model and saves it as a
-pre-quantized bitsandbytes folder (model/save.py) in --workdir, which transformers loads with
+pre-quantized bitsandbytes folder (model/checkpoint/save.py) in --workdir, which transformers loads with
 bitsandbytes; peft adds the same LoRA, bitsandbytes' AdamW8bit is the same optimizer, and
 transformers' own gradient checkpointing is switched on. Every measurement runs in a child
 process of its own, one at a time, so each peak counts only that side. tokens/s is the median
@@ -117,7 +117,7 @@ def build_ours_nf4(args, device: torch.device):
     """Our Llama with every linear of the blocks in NF4, filled from random weights drawn on the
     device one matrix at a time; embeddings, norms and lm_head in the compute dtype."""
     from model.config import LlamaConfig
-    from model.linear4bit import Linear4bit, replace_linears_with_4bit
+    from model.quant.linear4bit import Linear4bit, replace_linears_with_4bit
     from model.llama import Llama, rope_frequencies
     dtype = compute_dtype(device)
     config = LlamaConfig.from_hf(hf_config(args.shape), source=args.shape)
@@ -155,7 +155,7 @@ def build_transformers(folder: Path, device: torch.device, grad_checkpointing: b
     from transformers import LlamaForCausalLM
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
-    # The folder's config.json carries the bitsandbytes NF4 quantization_config (model/save.py).
+    # The folder's config.json carries the bitsandbytes NF4 quantization_config (model/checkpoint/save.py).
     model = LlamaForCausalLM.from_pretrained(folder, dtype=compute_dtype(device), device_map={"": device})
     if grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -169,7 +169,7 @@ def build_transformers(folder: Path, device: torch.device, grad_checkpointing: b
 # ----------------------------------------------------------------------------- the children
 def child_prepare(args, device: torch.device) -> dict:
     """Builds our NF4 model once and saves it where the transformers children read it."""
-    from model.save import save_checkpoint
+    from model.checkpoint.save import save_checkpoint
     folder = Path(args.workdir) / f"{args.shape}-seed{args.seed}"
     if (folder / "config.json").is_file():
         return {"folder": str(folder), "reused": True}

@@ -5,7 +5,7 @@
 
 Three ways to run the same layer:
   dense          nn.Linear in float32, weight frozen (as the base model is under QLoRA)
-  nf4 torch      Linear4bit rebuilding its weight with model/quant.py's plain PyTorch code
+  nf4 torch      Linear4bit rebuilding its weight with model/quant/nf4.py's plain PyTorch code
   nf4 bnb        Linear4bit rebuilding its weight with bitsandbytes' kernel (same bits)
 Each cell is the median of --repeats runs after --warmup untimed ones. The 4-bit layers
 dequantize the whole weight on every call, in forward and again in backward: that is the price
@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
-from model.linear4bit import Linear4bit  # noqa: E402
-from model.quant import dequantizer  # noqa: E402
+from model.quant.linear4bit import Linear4bit  # noqa: E402
+from model.quant.nf4 import dequantizer  # noqa: E402
 from model.errors import UserError  # noqa: E402
 
 

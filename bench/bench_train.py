@@ -99,7 +99,7 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- shared inputs
 def model_folder(args) -> Path:
-    from model.gguf import default_model_dir
+    from model.checkpoint.gguf import default_model_dir
     return Path(args.model) if args.model else default_model_dir()
 
 

@@ -15,10 +15,10 @@ learns to stop.
 Prompt and reply are tokenized separately and concatenated, so the boundary between masked and
 learned tokens is exact; generation feeds the same prompt ids and reads what follows.
 
-Templates (both go through model.chat, so training sees the very ids generation will feed):
-    "alpaca"  the seed's Alpaca prompt (model.chat's "alpaca" format) with the row's instruction
+Templates (both go through model.tokenizer.chat, so training sees the very ids generation will feed):
+    "alpaca"  the seed's Alpaca prompt (model.tokenizer.chat's "alpaca" format) with the row's instruction
               and input; the reply is the row's output, closed by EOS.
-    "chat"    the model's own chat format as model.chat detects it (Llama-3 headers, ChatML):
+    "chat"    the model's own chat format as model.tokenizer.chat detects it (Llama-3 headers, ChatML):
               system = instruction, user = input, assistant = output, closed by the format's
               end-of-turn ids. A tokenizer with no chat tokens falls back to Alpaca.
 
@@ -39,7 +39,7 @@ import sys
 from dataclasses import dataclass
 
 from data.cap import cap_fields, field_char_limit
-from model.chat import get_chat_format
+from model.tokenizer.chat import get_chat_format
 from model.errors import UserError
 from model.loss import IGNORE_INDEX  # labels with this value add nothing to the loss
 
@@ -88,7 +88,7 @@ def check_template(template: str) -> None:
 
 
 def chat_format_for(tokenizer, template: str):
-    """The model.chat format that a template uses."""
+    """The model.tokenizer.chat format that a template uses."""
     check_template(template)
     return get_chat_format(tokenizer, "alpaca" if template == "alpaca" else None)
 

@@ -28,13 +28,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from model.errors import UserError
+from model.jsonl import BOM, BadLine, jsonl_objects
 
 REQUIRED_COLUMNS = ("input", "output")   # every file must have these keys (rows.py checks values)
 FIELDS = ("instruction", "input", "output")
-BOM = b"\xef\xbb\xbf"                     # a UTF-8 byte-order mark some editors write first
 CSV_FIELD_LIMIT = 2**31 - 1               # csv refuses fields over 131,072 characters by default
 # Bytes that are not UTF-8 become these code points when decoded with errors="surrogateescape".
 ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+SAVE_AS_UTF8 = "save the file as UTF-8 or delete that line"
 KEYS_SHOWN = 20                           # column names quoted when a required one is missing
 
 Records = Iterator[tuple[str, dict]]
@@ -68,7 +69,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 def _not_utf8(path: Path, line_no: int, byte: int, offset: int) -> str:
     return (f"{path}:{line_no} is not UTF-8 text (byte 0x{byte:02x} at column {offset + 1}); "
-            "save the file as UTF-8 or delete that line")
+            f"{SAVE_AS_UTF8}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,27 +77,18 @@ def _not_utf8(path: Path, line_no: int, byte: int, offset: int) -> str:
 
 
 def _read_jsonl(path: Path, bad: _Bad) -> Records:
-    for line_no, raw in _lines(path):
-        where = f"{path.name}:{line_no}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            bad("not_utf8", where, _not_utf8(path, line_no, raw[err.start], err.start))
-            continue
-        if not line.strip():
-            continue  # blank lines (a trailing newline, say) are not rows
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            bad("malformed", where, f"{path}:{line_no} is not valid JSON ({err.msg} at column "
-                                    f"{err.colno}); fix or delete that line")
-            continue
-        if not isinstance(obj, dict):
-            bad("malformed", where, f"{path}:{line_no} is a JSON {type(obj).__name__}, not an "
-                                    'object; each line must look like {"instruction": ..., '
-                                    '"input": ..., "output": ...}')
-            continue
-        yield where, obj
+    with open(path, "rb") as f:
+        for line_no, obj in jsonl_objects(f):
+            where = f"{path.name}:{line_no}"
+            if not isinstance(obj, BadLine):
+                yield where, obj
+            elif obj.kind == "not_utf8":
+                bad("not_utf8", where, f"{path}:{line_no} {obj.problem}; {SAVE_AS_UTF8}")
+            elif obj.kind == "malformed":
+                bad("malformed", where, f"{path}:{line_no} {obj.problem}; fix or delete that line")
+            else:
+                bad("malformed", where, f"{path}:{line_no} {obj.problem}; each line must look "
+                                        'like {"instruction": ..., "input": ..., "output": ...}')
 
 
 def _first_line_is_an_object(path: Path) -> bool:

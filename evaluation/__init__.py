@@ -1,7 +1,7 @@
 """Building blocks of the evaluation (evaluate.py puts them together).
 
     (the sentence encoder, all-MiniLM-L6-v2, lives in model/: model.minilm, model.bert,
-    model.wordpiece; the safety classifier shares it)
+    model.tokenizer.wordpiece; the safety classifier shares it)
     metrics.py    semantic similarity, ranking (MRR, recall@1), ROUGE-L, perplexity,
                   distinct-n, repetition, answer length and stop rate, and the seed report's
                   all-token-pairs cosine for comparison

@@ -54,7 +54,7 @@ def inject(model: nn.Module, cfg: LoRAConfig) -> ParamCount:
 
 def count_parameters(model: nn.Module) -> ParamCount:
     """Counts stored numbers: a 4-bit weight counts as its full in x out size, as PEFT reports."""
-    from model.linear4bit import Linear4bit
+    from model.quant.linear4bit import Linear4bit
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, Linear4bit))

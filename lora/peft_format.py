@@ -7,7 +7,7 @@
 Our module names are HF's without the leading "model." (see model/llama.py), so the mapping is
 one prefix: "layers.0..." <-> "base_model.model.model.layers.0...".
 
-Beside them, base_model.json records the base the adapter was trained on (model/identity.py):
+Beside them, base_model.json records the base the adapter was trained on (model/checkpoint/identity.py):
 peft never reads it, and loading compares it with the base actually loaded, warning once on
 stderr when they differ. Adapters without it (older runs, adapters made with peft) load without
 a word: there is nothing to compare, and a note on every hub adapter would teach people to skip
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from lora.inject import LoRAConfig, inject, lora_modules
 from model.errors import UserError
-from model.identity import FINGERPRINT_VERSION, base_identity
+from model.checkpoint.identity import FINGERPRINT_VERSION, base_identity
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
@@ -42,7 +42,7 @@ def _peft_key(module_name: str, which: str) -> str:
 def save_adapter(model, folder: str | os.PathLike, base_model: str | None = None,
                  identity: dict | None = None):
     """Writes adapter_config.json + adapter_model.safetensors (atomically, file by file), and
-    base_model.json when given the base's identity (model.identity.base_identity)."""
+    base_model.json when given the base's identity (model.checkpoint.identity.base_identity)."""
     cfg: LoRAConfig = model.lora_config
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,15 +11,15 @@ from model.errors import UserError
 def load_model(path_or_id=None, **options):
     """The Llama of a checkpoint: a folder, a hub repo id, or None (the embedded default).
     Options: dtype, device, quantize (None | "none" | "nf4"), compute_dtype, adapter, quiet;
-    see model/weights.py."""
-    from model.weights import load_model as load
+    see model/checkpoint/load.py."""
+    from model.checkpoint.load import load_model as load
     return load(path_or_id, **options)
 
 
 def load_tokenizer(path_or_id=None):
     """A Tokenizer for a file, a model folder or a hub repo id (None: the embedded default)."""
-    from model.tokenizer_files import load_tokenizer as _load
-    from model.weights import resolve_model_dir
+    from model.tokenizer.load import load_tokenizer as _load
+    from model.checkpoint.load import resolve_model_dir
     if path_or_id is None:
         path_or_id = resolve_model_dir(None, quiet=True)
     return _load(path_or_id)

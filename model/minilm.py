@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from model.bert import BertModel
-from model.wordpiece import WordPieceTokenizer
+from model.tokenizer.wordpiece import WordPieceTokenizer
 from model.errors import UserError
 
 HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"

@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from model.jsonl import BadLine, jsonl_objects
+
 from .detect import DEFAULT, default_choice, detect, user_turns
 from .errors import SafetyError
 from .respond import crisis_response, locales
@@ -154,28 +156,19 @@ def _check(conversation, args) -> dict:
 def _read_jsonl(path: str):
     """Yields {"line": n, "conversation": str | list} per non-empty line; SafetyError if bad."""
     try:
-        f = open(path, "rb")  # bytes: each line is decoded on its own, so an error names its line
+        f = open(path, "rb")
     except OSError as e:
         raise SafetyError(f"cannot read --file {path}: {e.strerror}; pass an existing JSONL "
                           f"file.") from None
     with f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise SafetyError(f"{path} line {n}: not UTF-8 (byte {raw[e.start]:#04x} at "
-                                  f"column {e.start + 1}); save the file as UTF-8.") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SafetyError(f"{path} line {n}: not valid JSON ({e.msg}); write one JSON "
-                                  f"object per line.") from None
-            if isinstance(obj, dict) and isinstance(obj.get("messages"), list) and \
+        for n, obj in jsonl_objects(f):
+            if isinstance(obj, BadLine):
+                raise SafetyError(f"{path} line {n} {obj.problem}; write one UTF-8 JSON object "
+                                  f"per line.")
+            if isinstance(obj.get("messages"), list) and \
                     all(isinstance(m, dict) for m in obj["messages"]):
                 yield {"line": n, "conversation": obj["messages"]}
-            elif isinstance(obj, dict) and isinstance(obj.get("text"), str):
+            elif isinstance(obj.get("text"), str):
                 yield {"line": n, "conversation": obj["text"]}
             else:
                 raise SafetyError(f"{path} line {n}: expected an object with \"messages\" (a "

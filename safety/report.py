@@ -15,6 +15,8 @@ import json
 import sys
 from collections import defaultdict
 
+from model.jsonl import BadLine, jsonl_objects
+
 from .detect import DEFAULT, detect
 from .errors import SafetyError
 
@@ -23,23 +25,20 @@ def read_labelled(path: str, label: str | None = None) -> list[dict]:
     """[{"conversation", "label", "kind"}] from a labelled JSONL file; SafetyError names the line."""
     items = []
     try:
-        lines = open(path, "rb").read().splitlines()
+        f = open(path, "rb")
     except OSError as e:
         raise SafetyError(f"cannot read {path}: {e.strerror}.") from None
-    for n, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise SafetyError(f"{path} line {n}: not a UTF-8 JSON object.") from None
-        conversation = obj.get("turns") or obj.get("messages") or obj.get("text")
-        item_label = obj.get("label", label)
-        if conversation is None or item_label not in ("crisis", "non_crisis"):
-            raise SafetyError(f"{path} line {n}: needs \"text\" or \"turns\" and a \"label\" of "
-                              "crisis or non_crisis (or pass --label).")
-        items.append({"conversation": conversation, "label": item_label,
-                      "kind": obj.get("kind", "all")})
+    with f:
+        for n, obj in jsonl_objects(f):
+            if isinstance(obj, BadLine):
+                raise SafetyError(f"{path} line {n} {obj.problem}.")
+            conversation = obj.get("turns") or obj.get("messages") or obj.get("text")
+            item_label = obj.get("label", label)
+            if conversation is None or item_label not in ("crisis", "non_crisis"):
+                raise SafetyError(f"{path} line {n}: needs \"text\" or \"turns\" and a \"label\" "
+                                  "of crisis or non_crisis (or pass --label).")
+            items.append({"conversation": conversation, "label": item_label,
+                          "kind": obj.get("kind", "all")})
     return items
 
 

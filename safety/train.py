@@ -35,9 +35,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model.jsonl import BadLine, jsonl_objects
+
 from .classifier import (CONFIG_FILE, FOLDER, HEAD_FILE, CrisisClassifier, HeadConfig,
                          category_logits, crisis_logits)
 from .categories import RISK_CATEGORIES
+from .errors import SafetyError
 from .train_data import Item, corpus_hash, long_texts, read_corpus, user_text, writer_folds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -349,9 +352,10 @@ def read_check_sets(folder: str) -> list[Item]:
         path = Path(folder) / name
         if not path.is_file():
             return []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
+        with open(path, "rb") as f:
+            for n, row in jsonl_objects(f):
+                if isinstance(row, BadLine):
+                    raise SafetyError(f"{path} line {n} {row.problem}.")
                 text = row.get("text") or user_text(row.get("messages") or [])
                 items.append(Item(text, y, row.get("kind", "?"), "check", None))
     return items

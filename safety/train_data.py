@@ -12,9 +12,10 @@ writer (a tiny test corpus) the folds fall back to a hash of the text.
 """
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from model.jsonl import BadLine, jsonl_objects
 
 from .categories import RISK_CATEGORIES
 
@@ -54,14 +55,16 @@ def read_corpus(folder: Path) -> tuple[list[Item], list[str]]:
     files = sorted(Path(folder).glob("*.jsonl"))
     items, skipped = [], []
     for path in files:
-        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
+        with open(path, "rb") as f:
+            rows = list(jsonl_objects(f))
+        for n, row in rows:
+            if isinstance(row, BadLine):
+                skipped.append(f"{path.name}:{n}: {row.problem}")
                 continue
             try:
-                row = json.loads(line)
                 text = row["text"] if "text" in row else user_text(row["turns"])
                 y = LABELS[row["label"]]
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            except (KeyError, TypeError, AttributeError) as e:
                 skipped.append(f"{path.name}:{n}: {type(e).__name__} {e}")
                 continue
             if not isinstance(text, str) or not text.strip():

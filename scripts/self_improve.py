@@ -28,7 +28,6 @@ or a real API would use.
 """
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file: the project's packages import from the root
 
 from model.errors import UserError  # noqa: E402
+from model.jsonl import BadLine, jsonl_objects  # noqa: E402
 from synth.examples import read_examples  # noqa: E402
 from synth.scoring import parse_evaluation  # noqa: E402
 
@@ -101,14 +101,8 @@ def last_eval_step(metrics_path: Path) -> int:
     """The step of the last record in train.py's metrics.jsonl that has an eval loss (0 if none)."""
     if not metrics_path.is_file():
         return 0
-    steps = [0]
-    for line in metrics_path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill
-        if "eval_loss" in record:
-            steps.append(int(record["step"]))
+    steps = [0] + [int(record["step"]) for record in read_jsonl(metrics_path)
+                   if "eval_loss" in record]
     return steps[-1]
 
 
@@ -206,15 +200,12 @@ def rejected_name(name: str) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a file a stage wrote; [] when it does not exist. A line torn by a kill is
+    left out (the stage itself repairs it when it runs again)."""
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # blank, or a line torn by a kill
-    return rows
+    with open(path, "rb") as f:
+        return [row for _, row in jsonl_objects(f) if not isinstance(row, BadLine)]
 
 
 def synth_command(stage: str, args, out: Path, base_url: str) -> list[str]:

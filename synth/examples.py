@@ -20,6 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from model.jsonl import BadLine, jsonl_objects
 from synth.errors import BadReply, SynthError
 from synth.scoring import parse_evaluation
 
@@ -66,21 +67,15 @@ def read_examples(path: str) -> list[WorkedExample]:
         raise SynthError(f"--evaluator-examples {path} does not exist; pass a JSONL file of "
                          "worked examples (see synth/README.md).")
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SynthError(f"--evaluator-examples {path} cannot be read as UTF-8 text ({e}).") \
-            from None
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise SynthError(f"--evaluator-examples {path} cannot be read ({e.strerror}).") from None
     examples = []
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for line_no, row in jsonl_objects(lines):
         where = f"{path}:{line_no}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SynthError(f"{where} is not valid JSON ({e.msg}); fix or delete that "
-                             "line.") from None
+        if isinstance(row, BadLine):
+            raise SynthError(f"{where} {row.problem}; fix or delete that line.")
         examples.append(_example(where, row))
     if not examples:
         raise SynthError(f"--evaluator-examples {path} holds no examples; write one JSON "

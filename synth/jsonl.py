@@ -11,22 +11,17 @@ import json
 import os
 import sys
 
+from model.jsonl import BadLine, jsonl_objects
 from synth.errors import SynthError
 
 
-def _parse_lines(path: str, text: str) -> list[dict]:
+def _parse_lines(path: str, lines) -> list[dict]:
+    """The rows of a file's lines (bytes), each with its "_line" number; SynthError on a bad one."""
     rows = []
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SynthError(f"{path} line {line_no} is not valid JSON ({e.msg}); "
-                             "fix or delete that line.") from None
-        if not isinstance(row, dict):
-            raise SynthError(f"{path} line {line_no} is not a JSON object; each line must be "
-                             'one row like {"id": ..., "input": ...}.')
+    for line_no, row in jsonl_objects(lines):
+        if isinstance(row, BadLine):
+            raise SynthError(f"{path} line {line_no} {row.problem}; fix or delete that line "
+                             '(each line must be one row like {"id": ..., "input": ...}).')
         row["_line"] = line_no  # for error messages; never written back
         rows.append(row)
     return rows
@@ -42,8 +37,8 @@ def read_input_rows(path: str, *, need_output: bool) -> list[dict]:
     if not os.path.isfile(path):
         raise SynthError(f"--in {path} does not exist; pass the JSONL file the previous stage "
                          "wrote.")
-    with open(path, encoding="utf-8") as f:
-        rows = _parse_lines(path, f.read())
+    with open(path, "rb") as f:
+        rows = _parse_lines(path, f)
     kept, skipped, seen = [], [], set()
     for row in rows:
         line_no = row.pop("_line")
@@ -107,12 +102,7 @@ class AppendOnlyJsonl:
                 print(f"synth: removed a torn last line ({len(data) - cut} bytes) from "
                       f"{self.path}; its row will be made again", file=sys.stderr)
                 data = data[:cut]
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SynthError(f"{self.path} is not UTF-8 text; pass a different --out file.") \
-                from None
-        rows = _parse_lines(self.path, text)
+        rows = _parse_lines(self.path, data.split(b"\n"))
         for row in rows:
             row.pop("_line")
         return rows

@@ -16,7 +16,7 @@ LLAMA3_TOKENIZER = Path(os.environ.get(
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The embedded default model as an HF folder (converted once from the packaged GGUF)."""
-    from model.gguf import default_model_dir
+    from model.checkpoint.gguf import default_model_dir
     return default_model_dir()
 
 
@@ -60,5 +60,5 @@ def smollm2_hf_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_tok(smollm2_hf_dir):
-    from model.tokenizer_files import load_tokenizer
+    from model.tokenizer.load import load_tokenizer
     return load_tokenizer(smollm2_hf_dir)

@@ -31,7 +31,7 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-from model.save import TOKENIZER_FILES  # noqa: E402
+from model.checkpoint.save import TOKENIZER_FILES  # noqa: E402
 
 
 def tiny_model_with_smollm2_tokenizer(folder: Path, smollm2_dir: Path, seed: int = 0) -> Path:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from assistant import Assistant
-from model.chat import get_chat_format
+from model.tokenizer.chat import get_chat_format
 from model.generation import SamplingConfig
 from server import make_server
 

@@ -1,6 +1,6 @@
 """A run folder records the base its adapter was trained on; loading it onto another base warns.
 
-model/identity.py fingerprints a model folder; lora/peft_format.py writes base_model.json beside
+model/checkpoint/identity.py fingerprints a model folder; lora/peft_format.py writes base_model.json beside
 the adapter and compares it at load time."""
 
 import json
@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from lora import LoRAConfig, inject, load_adapter, save_adapter
 from model import load_model
-from model.identity import base_identity, fingerprint
+from model.checkpoint.identity import base_identity, fingerprint
 from tests.helpers import save_hf_checkpoint, tiny_hf_config
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from model.minilm import cache_root, load_sentence_encoder, packaged_model_dir
-from model.wordpiece import WordPieceTokenizer
+from model.tokenizer.wordpiece import WordPieceTokenizer
 from model.errors import UserError
 
 needs_package = pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None,

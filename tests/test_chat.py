@@ -1,4 +1,4 @@
-"""model.chat: each prompt format's exact ids, against Hugging Face's apply_chat_template
+"""model.tokenizer.chat: each prompt format's exact ids, against Hugging Face's apply_chat_template
 (ChatML, SmolLM2) or strings written out by hand (Llama-3, Alpaca)."""
 
 import functools
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import tokenizers
 
-from model.chat import ALPACA_PROMPT, alpaca_prompt, get_chat_format
+from model.tokenizer.chat import ALPACA_PROMPT, alpaca_prompt, get_chat_format
 from model.errors import UserError
-from model.tokenizer import LLAMA3_SPECIAL_TOKENS
-from model.tokenizer_files import load_tokenizer
+from model.tokenizer.core import LLAMA3_SPECIAL_TOKENS
+from model.tokenizer.load import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -56,7 +56,7 @@ def test_quantize_has_one_spelling_everywhere():
     import generate
     import train
     from tools.memory import build_parser
-    from model.weights import QUANTIZE, parse_quantize
+    from model.checkpoint.load import QUANTIZE, parse_quantize
     assert QUANTIZE == ("none", "nf4")
     assert [parse_quantize(v) for v in (None, "none", "nf4")] == [None, None, "nf4"]
     assert train.parse_args(["--quantize", "none"])[0].quantize is None

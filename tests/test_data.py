@@ -12,7 +12,7 @@ from data import (DEFAULT_INSTRUCTION, IGNORE_INDEX, Batcher, Example, Row, buil
 from data import format as data_format
 from data.batches import CHUNK_BATCHES
 from data.rows import SAMPLE_DIR
-from model.chat import alpaca_prompt
+from model.tokenizer.chat import alpaca_prompt
 from model.errors import UserError
 
 

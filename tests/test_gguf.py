@@ -1,4 +1,4 @@
-"""model/gguf.py: the packaged SmolLM2 GGUF becomes a Hugging Face folder equal to what
+"""model/checkpoint/gguf.py: the packaged SmolLM2 GGUF becomes a Hugging Face folder equal to what
 transformers makes of the same file."""
 
 import json
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
-import model.gguf as mg
+import model.checkpoint.gguf as mg
 from model.errors import UserError
 
 # text that exercises the tokenizer: unicode, emoji, whitespace runs, digits, code, specials

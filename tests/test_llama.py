@@ -72,7 +72,7 @@ def test_smollm2_logits_match_transformers(smollm2, hf_smollm2, smollm2_tokenize
 
 @pytest.mark.slow
 def test_smollm2_greedy_generation_matches_transformers_for_64_tokens(smollm2, hf_smollm2, smollm2_tokenizer):
-    from model.chat import get_chat_format
+    from model.tokenizer.chat import get_chat_format
     fmt = get_chat_format(smollm2_tokenizer)
     prompt = fmt.encode_prompt([{"role": "user", "content": "Give me three tips for calming down."}])
     ours = generate(smollm2, prompt, SamplingConfig(max_new_tokens=64), stop_ids=[])

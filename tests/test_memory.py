@@ -45,7 +45,7 @@ def test_builtin_configs_carry_rope_scaling_and_tied_embeddings():
 
 
 def test_nf4_bytes_equal_what_quantize_nf4_stores():
-    from model.quant import quantize_nf4
+    from model.quant.nf4 import quantize_nf4
     packed, state = quantize_nf4(torch.randn(300, 77))
     stored = packed.numel() + sum(t.numel() * t.element_size() for t in state.tensors())
     assert memory.nf4_bytes(300 * 77) == stored
@@ -97,7 +97,7 @@ def test_activation_estimate_matches_what_autograd_keeps(targets):
     estimate. Only cos/sin (shared by all blocks) are outside the formula."""
     from lora.inject import LoRAConfig, inject
     from model.llama import Llama
-    from model.linear4bit import replace_linears_with_4bit
+    from model.quant.linear4bit import replace_linears_with_4bit
     cfg = LlamaConfig(vocab_size=512, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=352)
     torch.manual_seed(0)
     model = Llama(cfg).to(torch.bfloat16)

@@ -1,5 +1,5 @@
 """The 4-bit model end to end, against transformers + bitsandbytes as the reference: loading
-SmolLM2 in NF4, what it costs in quality, saving it (model/save.py) and reading it back, reading
+SmolLM2 in NF4, what it costs in quality, saving it (model/checkpoint/save.py) and reading it back, reading
 folders that transformers quantized, peak memory while quantizing a 1B-parameter checkpoint,
 and corrupt 4-bit checkpoints."""
 
@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from model import UserError, load_model
-from model import save as save_module
-from model.linear4bit import Linear4bit
-from model.save import save_checkpoint
+from model.checkpoint import save as save_module
+from model.quant.linear4bit import Linear4bit
+from model.checkpoint.save import save_checkpoint
 from tests.helpers import save_hf_checkpoint, tiny_hf_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def test_saved_nf4_folder_reads_back_without_requantizing(saved_nf4, ours_nf4, o
                                                          monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("load_model quantized a weight that was already 4-bit")
-    monkeypatch.setattr("model.linear4bit.quantize_nf4", refuse)
+    monkeypatch.setattr("model.quant.linear4bit.quantize_nf4", refuse)
     again = load_model(saved_nf4, quantize="nf4", dtype="float32", compute_dtype="float32")
     before, after = linear4bit_layers(ours_nf4), linear4bit_layers(again)
     assert before.keys() == after.keys()
@@ -309,7 +309,7 @@ def test_nan_in_a_weight_to_quantize_is_a_user_error_naming_the_tensor(tmp_path)
 
 # ----------------------------------------------------------------------------- speed and memory
 def test_nearest_code_lookup_agrees_with_counting_midpoints_at_every_edge():
-    from model import quant
+    from model.quant import nf4 as quant
     midpoints = quant._nf4_midpoints("cpu")
     up, down = torch.nextafter(midpoints, torch.tensor(2.0)), torch.nextafter(midpoints, torch.tensor(-2.0))
     edges = torch.arange(-4096, 4097) / 4096                    # every cell edge of the table

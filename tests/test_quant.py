@@ -1,5 +1,5 @@
-"""NF4 (model/quant.py) against bitsandbytes, the reference: the same bytes, the same numbers,
-checkpoints in its layout, and a Linear4bit (model/linear4bit.py) whose backward keeps only the
+"""NF4 (model/quant/nf4.py) against bitsandbytes, the reference: the same bytes, the same numbers,
+checkpoints in its layout, and a Linear4bit (model/quant/linear4bit.py) whose backward keeps only the
 4-bit weight."""
 
 import json
@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import linear4bit, quant
+from model.quant import linear4bit
+from model.quant import nf4 as quant
 from model.errors import UserError
-from model.linear4bit import Linear4bit
-from model.quant import (create_dynamic_map, dequantize_nf4, nf4_code_from_normal_quantiles,
+from model.quant.linear4bit import Linear4bit
+from model.quant.nf4 import (create_dynamic_map, dequantize_nf4, nf4_code_from_normal_quantiles,
                          quant_state_from_tensors, quant_state_to_tensors, quantize_nf4)
 
 SIZES = [(1,), (63,), (65,), (64 * 256 + 1,), (300, 77), (96, 128)]
@@ -271,7 +272,7 @@ def test_unknown_backend_is_a_user_error():
 
 
 def test_the_backend_is_chosen_per_layer_and_checked_when_the_layer_is_built():
-    from model import linear4bit
+    from model.quant import linear4bit
     assert not hasattr(linear4bit, "BACKEND")          # no module-wide switch to flip behind a test's back
     assert Linear4bit(96, 48, compute_dtype=torch.float32, device="meta").backend == "auto"
     with pytest.raises(UserError, match="backend 'fast'"):
@@ -284,10 +285,10 @@ def test_the_backend_is_chosen_per_layer_and_checked_when_the_layer_is_built():
 
 @pytest.mark.parametrize("shape", [(96, 200), (33, 65), (512, 1024)])
 def test_the_readable_reference_agrees_with_the_bitsandbytes_exact_path(shape):
-    """model/nf4_reference.py (plain nearest-value search) against model/quant.py (bitsandbytes'
+    """model/quant/nf4_reference.py (plain nearest-value search) against model/quant/nf4.py (bitsandbytes'
     bytes). They agree everywhere except in the two places named below."""
-    from model import nf4_reference as ref
-    from model.quant import GRID_POINTS
+    from model.quant import nf4_reference as ref
+    from model.quant.nf4 import GRID_POINTS
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     packed, state = quantize_nf4(w)
     q4, q8, nested, offset = ref.quantize(w)

@@ -451,16 +451,22 @@ def _top_level_imports(path: Path) -> list[str]:
     return names
 
 
+TORCH_FREE = ("model.errors", "model.jsonl")
+
+
 def test_safety_package_outside_the_classifier_imports_only_the_standard_library():
-    """... and model.errors, the project's one error type, which itself imports nothing (nor does
-    the model package's __init__ at import time), so the lexicon runs anywhere Python does."""
+    """... and model.errors (the project's one error type) and model.jsonl (the shared JSON Lines
+    reader), which import only the standard library themselves (nor does the model package's
+    __init__ at import time), so the lexicon runs anywhere Python does."""
     for path in Path(safety.__file__).parent.glob("*.py"):
         if path.name in CLASSIFIER_FILES:
             continue
         for name in _top_level_imports(path):
-            assert name.split(".")[0] in sys.stdlib_module_names or name == "model.errors", (path.name, name)
+            assert name.split(".")[0] in sys.stdlib_module_names or name in TORCH_FREE, (path.name, name)
     model_dir = ROOT / "model"
-    assert _top_level_imports(model_dir / "errors.py") == []
+    for name in TORCH_FREE:
+        for imported in _top_level_imports(model_dir / (name.split(".")[1] + ".py")):
+            assert imported.split(".")[0] in sys.stdlib_module_names, (name, imported)
     init = ast.parse((model_dir / "__init__.py").read_text(encoding="utf-8"))
     assert [n.module for n in init.body if isinstance(n, (ast.Import, ast.ImportFrom))] == ["model.errors"]
 

@@ -17,7 +17,7 @@ import pytest
 import assistant as assistant_module
 import safety
 from assistant import Assistant
-from model.chat import get_chat_format
+from model.tokenizer.chat import get_chat_format
 from model.generation import SamplingConfig
 from server import make_server
 

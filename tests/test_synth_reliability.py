@@ -240,7 +240,7 @@ GOOD = json.dumps(EXAMPLES[0])
 
 @pytest.mark.parametrize("lines, line_no, says", [
     ([GOOD, '{"patient": "x", "answer'], 2, "not valid JSON"),
-    (['["patient", "answer", "verdict"]'], 1, "not a JSON object"),
+    (['["patient", "answer", "verdict"]'], 1, "not an object"),
     ([json.dumps({"patient": "x", "answer": "y"})], 1, "lacks verdict"),
     ([json.dumps({**EXAMPLES[0], "score": 3})], 1, "unknown keys score"),
     ([GOOD, "", json.dumps({**EXAMPLES[0], "patient": " "})], 3, "'patient' must be non-empty"),

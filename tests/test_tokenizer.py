@@ -1,4 +1,4 @@
-"""model.tokenizer against the reference implementations: Hugging Face `tokenizers` for
+"""model.tokenizer.core against the reference implementations: Hugging Face `tokenizers` for
 tokenizer.json, Meta's published ids for the Llama-3 tiktoken file, sentencepiece for its models."""
 
 import json
@@ -12,8 +12,8 @@ import sentencepiece
 import tokenizers
 
 from model.errors import UserError
-from model.tokenizer import LLAMA3_SPECIAL_TOKENS, BPETokenizer, SentencePieceTokenizer
-from model.tokenizer_files import load_tokenizer
+from model.tokenizer.core import LLAMA3_SPECIAL_TOKENS, BPETokenizer, SentencePieceTokenizer
+from model.tokenizer.load import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -337,6 +337,6 @@ def test_config_eos_that_is_not_a_special_token_is_refused(smollm2_hf_dir, tmp_p
 
 
 def test_default_model_folder_matches_hf(smollm2_dir):
-    """The folder model.gguf writes for the default model (conftest's smollm2_dir)."""
+    """The folder model.checkpoint.gguf writes for the default model (conftest's smollm2_dir)."""
     reference = tokenizers.Tokenizer.from_file(str(smollm2_dir / "tokenizer.json"))
     assert_same_as_reference(load_tokenizer(smollm2_dir), reference, allow_special=True)

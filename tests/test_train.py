@@ -313,32 +313,53 @@ def test_help_explains_every_flag():
         assert flag in run.stdout
 
 
-@pytest.mark.parametrize("preset", ["cpu-smollm2", "llama3-8b-t4"])
-def test_help_shows_the_value_a_run_really_uses(preset, capsys, monkeypatch):
-    """Every flag's "(default: X, source)" in --help is the value parse_args gives with no flag."""
-    monkeypatch.setenv("COLUMNS", "1000")               # one line per flag
-    with pytest.raises(SystemExit):
-        train.parse_args(["--config", preset, "--help"])
-    # Each flag's entry: its line, and the next one where argparse puts a long flag's help.
+def help_entries(capsys) -> list[str]:
+    """Each flag's --help entry as one string: its line, and the next ones where argparse wraps."""
     lines, entries = capsys.readouterr().out.splitlines(), []
     for line in lines:
         if line.startswith("  -"):
             entries.append(line)
         elif entries and line.strip():
             entries[-1] += " " + line.strip()
+    return entries
+
+
+def shown_in_help(entries: list[str], flag: str) -> tuple[str, str]:
+    """(value, source) of a flag's "(this run: VALUE, from SOURCE)"."""
+    line = next(e for e in entries if e.startswith(f"  {flag} ") or e.startswith(f"  {flag},"))
+    return re.search(r"\(this run: (.*), from (.*)\)$", line).groups()
+
+
+@pytest.mark.parametrize("preset", ["cpu-smollm2", "llama3-8b-t4"])
+def test_help_shows_the_value_a_run_really_uses(preset, capsys, monkeypatch):
+    """Every flag's "(this run: X, from SOURCE)" in --help is the value parse_args gives with no flag."""
+    monkeypatch.setenv("COLUMNS", "1000")               # one line per flag
+    with pytest.raises(SystemExit):
+        train.parse_args(["--config", preset, "--help"])
+    entries = help_entries(capsys)
     cfg, _ = train.parse_args(["--config", preset])
     preset_keys = set(train.load_preset(preset))
     for f in dataclasses.fields(cfg):
         flag = "--" + f.name.replace("_", "-")
-        line = next(e for e in entries if e.startswith(f"  {flag} ") or e.startswith(f"  {flag},"))
-        shown, source = re.search(r"\(default: (.*), (preset \S+|built in)\)$", line).groups()
+        shown, source = shown_in_help(entries, flag)
         value = getattr(cfg, f.name)
         expected = "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         assert shown == expected, flag
-        assert source == (f"preset {preset}" if f.name in preset_keys else "built in"), flag
+        assert source == (f"preset {preset}" if f.name in preset_keys else "the default"), flag
     if preset == "cpu-smollm2":              # the case that was wrong: alpha 32 and lr 1e-3 in a plain run
-        assert any(e.startswith("  --lora-alpha") and e.endswith("(default: 32, preset cpu-smollm2)")
-                   for e in entries)
+        assert shown_in_help(entries, "--lora-alpha") == ("32", "preset cpu-smollm2")
+
+
+def test_help_names_a_flag_given_on_the_command_line_as_the_source(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        train.parse_args(["--lr", "0.003", "--no-merge", "--help"])
+    entries = help_entries(capsys)
+    assert shown_in_help(entries, "--lr") == ("0.003", "--lr")
+    assert shown_in_help(entries, "--merge") == ("false", "--merge")
+    assert shown_in_help(entries, "--max-steps")[1] == "preset cpu-smollm2"
+    cfg, _ = train.parse_args(["--lr", "0.003", "--no-merge"])
+    assert cfg.lr == 0.003 and cfg.merge is False
 
 
 def test_unknown_lora_target_is_a_one_line_error_before_the_model_loads(tmp_path):

@@ -121,8 +121,8 @@ def _fail_on_hub(*args, **kwargs):
 
 def test_default_model_is_the_packaged_gguf_copy_and_never_asks_the_hub(monkeypatch, capsys):
     import huggingface_hub
-    import model.weights as mw
-    from model.gguf import default_model_dir
+    import model.checkpoint.load as mw
+    from model.checkpoint.gguf import default_model_dir
     monkeypatch.setattr(mw.hub, "download", _fail_on_hub)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", _fail_on_hub)
     folder = mw.resolve_model_dir(None)
@@ -132,7 +132,7 @@ def test_default_model_is_the_packaged_gguf_copy_and_never_asks_the_hub(monkeypa
 
 
 def test_a_named_hub_id_is_fetched_from_the_hub(monkeypatch, tmp_path):
-    import model.weights as mw
+    import model.checkpoint.load as mw
     asked = []
     monkeypatch.setattr(mw.hub, "download", lambda repo_id, patterns: asked.append(repo_id) or tmp_path)
     assert mw.resolve_model_dir("HuggingFaceTB/SmolLM2-135M-Instruct") == tmp_path

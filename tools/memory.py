@@ -25,7 +25,7 @@ repository's implementation:
                                           gate/up one, and o reads the kept attention output)
                  each LoRA target, once  4*r*out    scale * B, which the update's matmul keeps
                The 4-bit base linears keep nothing: their weight is frozen, so they never need
-               their input (model/quant.py). With gradient checkpointing only each block's input
+               their input (model/quant/nf4.py). With gradient checkpointing only each block's input
                (d * a per token) is kept, and one block at a time is recomputed in backward.
                It assumes a memory-efficient attention kernel (a plain "math" one would also keep
                the n_heads x T x T attention matrix) and no LoRA dropout (which adds its mask and
@@ -50,7 +50,7 @@ from lora.inject import SHORT_NAMES, LoRAConfig
 from model.config import LlamaConfig
 from model.errors import UserError
 from model.loss import chunk_rows
-from model.weights import QUANTIZE, parse_quantize
+from model.checkpoint.load import QUANTIZE, parse_quantize
 
 GIB = 1024**3
 T4_USABLE_GIB = 15.0          # a "16 GB" T4 reports 15,360 MiB to CUDA
@@ -171,7 +171,7 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 
 def nf4_bytes(n: int) -> int:
-    """Bytes of one NF4 matrix of n weights with double quantization (model/quant.py)."""
+    """Bytes of one NF4 matrix of n weights with double quantization (model/quant/nf4.py)."""
     blocks = math.ceil(n / NF4_BLOCK)
     return (n + 1) // 2 + blocks + 4 * math.ceil(blocks / NESTED_BLOCK) + CODE_BYTES
 

@@ -10,7 +10,7 @@ import torch
 
 from lora.inject import DEFAULT_TARGETS, SHORT_NAMES
 from model.errors import UserError
-from model.weights import parse_dtype
+from model.checkpoint.load import parse_dtype
 from training.checkpoint import CHECKPOINT_NAME
 
 CHOICES = {

@@ -1,6 +1,6 @@
 """NF4 with double quantization in its plainest form: read this first.
 
-model/quant.py stores the same format and is what the project runs: it is bit-exact with
+model/quant/nf4.py stores the same format and is what the project runs: it is bit-exact with
 bitsandbytes (it finds nearest codes the way bitsandbytes' CPU kernel does, through a grid) and
 fast on large matrices. This file only says what the format means, one step a line:
 
@@ -12,13 +12,13 @@ fast on large matrices. This file only says what the format means, one step a li
       -> q8: each centred absmax / its block's nested, as the nearest of the 256 dynamic values
     dequantize: absmax = DYNAMIC[q8] * nested + offset;  weight = NF4[q4] * absmax
 
-tests/test_quant.py checks that this and model/quant.py agree, and names where they differ.
+tests/test_quant.py checks that this and model/quant/nf4.py agree, and names where they differ.
 """
 
 import torch
 from torch import Tensor
 
-from model.quant import NF4_CODE, create_dynamic_map
+from model.quant.nf4 import NF4_CODE, create_dynamic_map
 
 NF4 = torch.tensor(NF4_CODE)          # (16,) quantiles of N(0, 1) scaled to [-1, 1]; NF4[7] = 0
 DYNAMIC = create_dynamic_map()        # (256,) bitsandbytes' signed 8-bit code for the absmax values

@@ -27,8 +27,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from model.errors import UserError
-from model.gguf import CACHE_FOLDER, cache_root
-from model.safetensors_file import TensorFile, checkpoint_files
+from model.checkpoint.gguf import CACHE_FOLDER, cache_root
+from model.checkpoint.safetensors_file import TensorFile, checkpoint_files
 
 FINGERPRINT_VERSION = 1     # bump when what is hashed changes: older records are then not compared
 SAMPLE_BYTES = 4096         # read from the start of each sampled tensor

@@ -15,7 +15,7 @@ tokens is exactly the text we encode here.
 """
 
 from model.errors import UserError
-from model.tokenizer import Tokenizer
+from model.tokenizer.core import Tokenizer
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task, paired with an input that provides further "

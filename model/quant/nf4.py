@@ -22,9 +22,9 @@ The format, byte for byte the one bitsandbytes writes with
 
 Dequantizing runs it backwards: absmax = dynamic[q8] * nested_absmax + offset, w = NF4[q4] * absmax.
 This file is the format as the project runs it, bit-exact with bitsandbytes and fast: quantize,
-dequantize, QuantState and how it is saved. model/nf4_reference.py says the same in a few plain
+dequantize, QuantState and how it is saved. model/quant/nf4_reference.py says the same in a few plain
 lines (tests/test_quant.py names where the two differ). The layer that computes with it,
-Linear4bit, is in model/linear4bit.py.
+Linear4bit, is in model/quant/linear4bit.py.
 """
 
 import json

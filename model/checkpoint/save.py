@@ -13,7 +13,7 @@ and writes none (the embedding serves as the head).
 
 4-bit layers. A Linear4bit is written the way bitsandbytes saves one: X.weight holds the packed
 bytes (uint8), next to X.weight.absmax, .quant_map, .nested_absmax, .nested_quant_map and
-.quant_state.bitsandbytes__nf4 (model/quant.py). config.json then carries the
+.quant_state.bitsandbytes__nf4 (model/quant/nf4.py). config.json then carries the
 quantization_config that transformers writes for bitsandbytes 4-bit, so transformers +
 bitsandbytes load the folder as one of their own, and load_model reads the bytes back as they are.
 
@@ -31,9 +31,9 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from model.errors import UserError
-from model.linear4bit import Linear4bit
+from model.quant.linear4bit import Linear4bit
 from model.llama import Llama
-from model.quant import QUANT_TYPE, quant_state_to_tensors
+from model.quant.nf4 import QUANT_TYPE, quant_state_to_tensors
 
 SHARD_BYTES = 4 * 1024**3        # the most tensor bytes one safetensors file gets
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -1,4 +1,4 @@
-"""Linear4bit: a frozen linear layer whose weight is stored in NF4 (model/quant.py).
+"""Linear4bit: a frozen linear layer whose weight is stored in NF4 (model/quant/nf4.py).
 
 The layer keeps only the packed 4-bit bytes and their quantization statistics, all as buffers,
 and rebuilds the float weight on the fly, in forward and again in backward:
@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from model.errors import UserError
-from model.quant import (BLOCKSIZE, NESTED_BLOCKSIZE, STAT_SUFFIXES, TENSOR_FIELDS, QuantState, dequantizer,
+from model.quant.nf4 import (BLOCKSIZE, NESTED_BLOCKSIZE, STAT_SUFFIXES, TENSOR_FIELDS, QuantState, dequantizer,
                          quant_state_from_tensors, quant_state_to_tensors, quantize_nf4)
 
 
@@ -60,7 +60,7 @@ class Linear4bit(nn.Module):
         self.weight_shape = (out_features, in_features)
         self.compute_dtype, self.blocksize = compute_dtype, blocksize
         self.weight_dtype, self.nested_blocksize = compute_dtype, NESTED_BLOCKSIZE
-        # Which dequantizer runs: "torch" (model/quant.py), "bitsandbytes" (its kernel, the same
+        # Which dequantizer runs: "torch" (model/quant/nf4.py), "bitsandbytes" (its kernel, the same
         # numbers), or "auto" (bitsandbytes when it is installed and the device is cpu or cuda).
         if backend not in BACKENDS:
             raise UserError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")

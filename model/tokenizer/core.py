@@ -10,9 +10,9 @@ Byte-level BPE in one paragraph: text is cut into pieces by a regex (words, numb
 spaces), each piece is turned into UTF-8 bytes, and pairs of neighbouring tokens are merged,
 lowest rank first, until no pair is in the vocabulary. tiktoken does exactly this, so a
 tokenizer.json only has to be translated: its tokens are written in a printable stand-in
-alphabet (one character per byte, see model/tokenizer_json.py) and its merge list gives the ranks.
+alphabet (one character per byte, see model/tokenizer/hf_json.py) and its merge list gives the ranks.
 
-`load_tokenizer(path_or_id)` (model/tokenizer_files.py) finds the file (in a folder or on the
+`load_tokenizer(path_or_id)` (model/tokenizer/load.py) finds the file (in a folder or on the
 Hugging Face hub) and picks the kind. Special tokens (`<|eot_id|>`, `<|im_end|>`, ...) are only recognised in text when the
 caller asks for it (`allow_special=True`), so user text can never smuggle in a control token.
 """

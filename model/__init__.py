@@ -1,6 +1,13 @@
 """The Llama-3 family, written by hand, and everything needed to load and run it.
 
     from model import load_model, load_tokenizer
+
+    config.py llama.py       the Llama-3 network       generation.py loss.py  decoding, the loss
+    bert.py minilm.py        the sentence encoder      rnn.py                 char-RNN / char-LSTM
+    tokenizer/               text <-> ids, chat formats
+    quant/                   4-bit NF4 and Linear4bit
+    checkpoint/              load_model, safetensors, the embedded GGUF, saving
+    hub.py errors.py jsonl.py   shared by every room: hub access, UserError, JSON Lines
 """
 
 from model.errors import UserError

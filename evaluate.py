@@ -64,7 +64,8 @@ class EvaluateConfig:
     sts_model: str | None = opt(None, "sentence encoder; none: the packaged all-MiniLM-L6-v2", nullable=True)
     dtype: str = opt("float32", "float32, bfloat16 or float16")
     device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
-    quantize: str | None = opt(None, "none, or nf4: load the LLM in 4-bit NF4")
+    quantize: str | None = opt(None, "none; nf4 (QLoRA's 4-bit storage); int4 or int8: weight-only integer "
+                                      "linears for faster decoding, lm_head included")
     judge: bool = opt(False, "also score answers with an LLM judge")
     judge_base_url: str | None = opt(None, "OpenAI-compatible endpoint of the judge")
     judge_model: str | None = opt(None, "judge model name")

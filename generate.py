@@ -24,7 +24,8 @@ class GenerateConfig:
                               nullable=True)
     dtype: str = opt("float32", "float32, bfloat16 or float16")
     device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
-    quantize: str | None = opt(None, "none, or nf4: load the linears in 4-bit NF4")
+    quantize: str | None = opt(None, "none; nf4 (QLoRA's 4-bit storage); int4 or int8: weight-only integer "
+                                      "linears for faster decoding, lm_head included")
     # what to say
     prompt: str | None = opt(None, "answer this one message and exit; none: an interactive chat")
     system: str = opt("safety", "system prompt: 'safety' (the safety layer's boundaries prompt), '' for "

@@ -34,7 +34,7 @@ from model.checkpoint.gguf import DEFAULT_MODEL_ID
 from model.checkpoint.identity import base_identity
 from model.loss import count_targets, target_nll
 from model.rnn import CharConfig, row_text, unigram_bits_per_char
-from model.checkpoint.load import parse_dtype, parse_quantize, resolve_model_dir
+from model.checkpoint.load import TRAIN_QUANTIZE, parse_dtype, parse_quantize, resolve_model_dir
 from training import checkpoint
 from training.char import train_char_model
 from training.checks import check_config, check_device
@@ -114,7 +114,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, bool]:
 
     cfg, args = parse_config(TrainConfig, argv, description=__doc__, preset=preset,
                              preset_name=preset_name, extra_flags=script_flags)
-    cfg.quantize = parse_quantize(cfg.quantize)
+    cfg.quantize = parse_quantize(cfg.quantize, allowed=TRAIN_QUANTIZE)
     return cfg, args.resume
 
 

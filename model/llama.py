@@ -86,11 +86,27 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Writes positions [start, start + T) and returns keys/values for [0, start + T)."""
+    def update(self, start, k: torch.Tensor, v: torch.Tensor, row: int | None = None):
+        """Writes positions [start, start + T) and returns keys/values for [0, start + T).
+
+        Batched serving (model/batch_generation.py) adds two cases: `row` fills one row of the
+        cache with a new prompt (k, v are (1, nkv, T, hd)) while the other rows keep theirs, and
+        a tensor `start` (B,) puts one new token in each of the first B rows, at that row's own
+        position."""
+        if isinstance(start, torch.Tensor):                    # (B,): one token per row
+            n = k.shape[0]                                     # rows 0..n-1 of the cache
+            rows = torch.arange(n, device=k.device)
+            self.k[rows, :, start] = k[:, :, 0]
+            self.v[rows, :, start] = v[:, :, 0]
+            end = int(start.max()) + 1
+            return self.k[:n, :, :end], self.v[:n, :, :end]
         end = start + k.shape[2]
         if end > self.k.shape[2]:
             raise ValueError(f"KV cache holds {self.k.shape[2]} positions; asked for {end}")
+        if row is not None:
+            self.k[row, :, start:end] = k[0]
+            self.v[row, :, start:end] = v[0]
+            return self.k[row:row + 1, :, :end], self.v[row:row + 1, :, :end]
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
@@ -112,19 +128,23 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, start_pos: int = 0):
+    def forward(self, x, cos, sin, start_pos=0, cache_row: int | None = None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start_pos, k, v)  # (B, nkv, start_pos + T, hd)
+            k, v = self.kv_cache.update(start_pos, k, v, cache_row)  # (B, nkv, start_pos + T, hd)
 
         # Which keys each query may see. One new token sees everything cached; a fresh prompt is
-        # plain causal; a chunk appended after cached positions needs an explicit mask.
+        # plain causal; a chunk appended after cached positions needs an explicit mask; rows at
+        # positions of their own (batched serving) see their own cached keys only.
         mask, causal = None, False
-        if T > 1 and start_pos == 0:
+        if isinstance(start_pos, torch.Tensor):                       # (B,), T == 1
+            keys = torch.arange(k.shape[2], device=x.device)
+            mask = (keys[None, :] <= start_pos[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        elif T > 1 and start_pos == 0:
             causal = True
         elif T > 1:
             q_pos = torch.arange(start_pos, start_pos + T, device=x.device)[:, None]
@@ -156,8 +176,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, start_pos: int = 0):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos)
+    def forward(self, x, cos, sin, start_pos=0, cache_row: int | None = None):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, start_pos, cache_row)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -175,18 +195,24 @@ class Llama(nn.Module):
                              persistent=False)
         self.gradient_checkpointing = False
 
-    def hidden_states(self, input_ids: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, start_pos=0,
+                      cache_row: int | None = None) -> torch.Tensor:
         """The final-normed hidden states, (B, T, dim). With a KV cache set up, `start_pos` says
-        where these tokens go; without one it must be 0."""
+        where these tokens go; without one it must be 0. Batched serving also passes a tensor
+        start_pos (B,) with one token per row, or a cache_row to fill with one new prompt."""
         x = self.embed_tokens(input_ids)  # (B, T, dim)
-        positions = torch.arange(start_pos, start_pos + input_ids.shape[1], device=input_ids.device)
-        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)  # (T, head_dim) each
+        if isinstance(start_pos, torch.Tensor):  # each row at its own position
+            cos, sin = rope_cos_sin(self.inv_freq, start_pos, x.dtype)    # (B, head_dim) each
+            cos, sin = cos[:, None, None, :], sin[:, None, None, :]      # (B, 1, 1, head_dim)
+        else:
+            positions = torch.arange(start_pos, start_pos + input_ids.shape[1], device=input_ids.device)
+            cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)  # (T, head_dim) each
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 # Recompute this block's activations in backward instead of keeping them.
                 x = checkpoint(layer, x, cos, sin, start_pos, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, start_pos)
+                x = layer(x, cos, sin, start_pos, cache_row)
         return self.norm(x)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
@@ -195,7 +221,7 @@ class Llama(nn.Module):
             return F.linear(h, self.embed_tokens.weight)
         return self.lm_head(h)
 
-    def forward(self, input_ids: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, start_pos=0) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, vocab)."""
         return self.output(self.hidden_states(input_ids, start_pos))
 

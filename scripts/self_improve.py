@@ -211,11 +211,11 @@ def read_jsonl(path: Path) -> list[dict]:
 def synth_command(stage: str, args, out: Path, base_url: str) -> list[str]:
     """The `python -m synth STAGE ...` arguments of one stage, writing to OUT/partial/."""
     partial = out / "partial" / SYNTH_FILES[stage]
-    # --concurrency 1: the server answers one request at a time. --max-retries 0: one reply
-    # takes many seconds on a CPU, so a row with an unusable one fails at once (the summary
-    # counts it); synth's circuit breaker still ends a stage whose server stopped answering.
+    # synth's default concurrency: the server decodes its requests in one batch. --max-retries
+    # 0: one reply takes seconds on a CPU, so a row with an unusable one fails at once (the
+    # summary counts it); synth's circuit breaker still ends a stage whose server stopped answering.
     cmd = ["-m", "synth", stage, "--out", str(partial), "--base-url", base_url + "/v1",
-           "--model", SERVED_MODEL, "--concurrency", "1", "--max-retries", "0",
+           "--model", SERVED_MODEL, "--max-retries", "0",
            "--timeout", str(args.timeout), "--max-tokens", str(args.max_tokens),
            "--seed", str(args.seed)]
     if stage == "patients":

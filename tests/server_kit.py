@@ -85,3 +85,16 @@ def exchange(port: int, data: bytes, half_close: bool = False, method: str = "PO
 
 def post_json(port: int, obj: dict, **headers) -> Reply:
     return exchange(port, request_bytes(body=obj, headers=headers))
+
+
+def patch_token_streams(monkeypatch, wrap):
+    """Wraps every token stream an assistant decodes, alone (generate_stream) or in the server's
+    batch (BatchDecoder.stream), as wrap(tokens) -> iterator. wrap must close `tokens` when it
+    stops early: that frees the slot."""
+    import assistant as assistant_module
+    from model.batch_generation import BatchDecoder
+    real_alone, real_batched = assistant_module.generate_stream, BatchDecoder.stream
+    monkeypatch.setattr(assistant_module, "generate_stream",
+                        lambda *args, **kwargs: wrap(real_alone(*args, **kwargs)))
+    monkeypatch.setattr(BatchDecoder, "stream",
+                        lambda self, *args, **kwargs: wrap(real_batched(self, *args, **kwargs)))

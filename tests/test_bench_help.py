@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("script, flags", [
-    ("bench_generate.py", ["--new-tokens", "--repeats", "--dtype", "--profile"]),
+    ("bench_generate.py", ["--new-tokens", "--repeats", "--dtype", "--profile", "--quantized", "--no-ppl"]),
+    ("bench_serve.py", ["--requests", "--max-tokens", "--max-batch", "--quantize", "--json"]),
     ("bench_train.py", ["--max-len", "--steps", "--rss-repeats", "--no-rss"]),
     ("bench_linear4bit.py", ["--repeats"]),
     ("bench_gpu.py", ["--shape", "--parts", "--recipe-seq-len", "--optim", "--workdir"]),

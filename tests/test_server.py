@@ -14,12 +14,12 @@ import threading
 import openai
 import pytest
 
-import assistant as assistant_module
 import safety
 from assistant import Assistant
 from model.tokenizer.chat import get_chat_format
 from model.generation import SamplingConfig
 from server import make_server
+from tests.server_kit import patch_token_streams
 
 MODEL_NAME = "smollm2-under-test"
 SYSTEM = "You are a warm, careful listener. Keep answers short."
@@ -298,16 +298,18 @@ def test_unknown_get_path_is_a_404_error(served):
 def model_calls(monkeypatch):
     """Records every call into the model's token generator (one list of tokens per call)."""
     calls = []
-    real = assistant_module.generate_stream
 
-    def counting(*args, **kwargs):
+    def counted(tokens_in):
         tokens = []
         calls.append(tokens)
-        for token in real(*args, **kwargs):
-            tokens.append(token)
-            yield token
+        try:
+            for token in tokens_in:
+                tokens.append(token)
+                yield token
+        finally:
+            tokens_in.close()
 
-    monkeypatch.setattr(assistant_module, "generate_stream", counting)
+    patch_token_streams(monkeypatch, counted)
     return calls
 
 

@@ -10,9 +10,9 @@ import json
 import openai
 import pytest
 
-import assistant as assistant_module
 from model.generation import SamplingConfig
-from tests.server_kit import CHAT, exchange, make_assistant, post_json, request_bytes, running_server
+from tests.server_kit import (CHAT, exchange, make_assistant, patch_token_streams, post_json, request_bytes,
+                               running_server)
 
 USER = [{"role": "user", "content": "I can't sleep before exams."}]
 
@@ -197,15 +197,12 @@ def test_nan_temperature_is_a_400(port):
 @pytest.fixture
 def failing_model(monkeypatch):
     """The model yields one token, then fails as a CUDA error or a bug would."""
-    real = assistant_module.generate_stream
-
-    def failing(*args, **kwargs):
-        tokens = real(*args, **kwargs)
+    def failing(tokens):
         yield next(tokens)
         tokens.close()
         raise RuntimeError("the model fell over")
 
-    monkeypatch.setattr(assistant_module, "generate_stream", failing)
+    patch_token_streams(monkeypatch, failing)
 
 
 def test_failure_in_generation_is_a_500_json_and_one_log_line(port, failing_model, capfd):

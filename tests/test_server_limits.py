@@ -9,16 +9,17 @@ import http.client
 import select
 import socket
 import threading
+import time
 
 import openai
 import pytest
 
-import assistant as assistant_module
 import server
 from model.errors import UserError
 from model.generation import SamplingConfig
 from server import ServerConfig, exposure_warning
-from tests.server_kit import Reply, exchange, make_assistant, post_json, request_bytes, running_server
+from tests.server_kit import (Reply, exchange, make_assistant, patch_token_streams, post_json, request_bytes,
+                               running_server)
 
 KEY = "sk-local-test-key"
 USER = [{"role": "user", "content": "I can't sleep before exams."}]
@@ -273,20 +274,22 @@ class PausedModel:
 
     def __init__(self, monkeypatch):
         self.calls, self.started, self.release = [], threading.Event(), threading.Event()
-        real = assistant_module.generate_stream
 
-        def paused(*args, **kwargs):
+        def paused(tokens_in):
             tokens = []
             self.calls.append(tokens)
             first = len(self.calls) == 1
-            for token in real(*args, **kwargs):
-                if first and not tokens:
-                    self.started.set()
-                    assert self.release.wait(60), "the test never released the generation"
-                tokens.append(token)
-                yield token
+            try:
+                for token in tokens_in:
+                    if first and not tokens:
+                        self.started.set()
+                        assert self.release.wait(60), "the test never released the generation"
+                    tokens.append(token)
+                    yield token
+            finally:
+                tokens_in.close()
 
-        monkeypatch.setattr(assistant_module, "generate_stream", paused)
+        patch_token_streams(monkeypatch, paused)
 
 
 @pytest.fixture(scope="module")
@@ -318,17 +321,25 @@ def test_streamed_request_whose_client_left_stops_generating(plain, monkeypatch)
     assert len(model.calls[0]) == 1
 
 
-def test_request_whose_client_left_while_queued_generates_nothing(plain, monkeypatch):
+@pytest.fixture(scope="module")
+def one_slot(bot):
+    with running_server(bot, SamplingConfig(max_new_tokens=2, temperature=0), max_batch=1) as httpd:
+        yield httpd.server_address[1]
+
+
+def test_request_whose_client_left_while_queued_generates_nothing(one_slot, monkeypatch):
     model = PausedModel(monkeypatch)
-    first = threading.Thread(target=post_json, args=(plain, {"messages": USER, "max_tokens": 1}))
+    first = threading.Thread(target=post_json, args=(one_slot, {"messages": USER, "max_tokens": 1}))
     first.start()
-    assert model.started.wait(60)  # the first request holds the generation lock
-    with socket.create_connection(("127.0.0.1", plain), timeout=60) as sock:
+    assert model.started.wait(60)  # the first request holds the only batch slot
+    with socket.create_connection(("127.0.0.1", one_slot), timeout=60) as sock:
         sock.sendall(request_bytes(body={"messages": LONG, "max_tokens": 200}))
+    time.sleep(0.5)                # the second request is read and waits for the slot
     model.release.set()
     first.join(60)
-    assert post_json(plain, {"messages": USER, "max_tokens": 1}).status == 200
-    assert [len(tokens) for tokens in model.calls] == [1, 1]  # the first and the last, not the left one
+    assert post_json(one_slot, {"messages": USER, "max_tokens": 1}).status == 200
+    # the first and the last made a token each; the one that left made none
+    assert [len(tokens) for tokens in model.calls] == [1, 0, 1]
 
 
 def test_disconnect_is_logged_as_one_line(plain, monkeypatch, capfd):

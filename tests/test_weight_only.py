@@ -89,6 +89,7 @@ def float_and_int4(smollm2_dir):
     return load_model(None, quiet=True), load_model(None, quantize="int4", quiet=True)
 
 
+@pytest.mark.slow
 def test_the_gguf_q4_1_blocks_load_into_int4_with_their_codes(float_and_int4):
     """Every Q4_1 linear of the embedded model, as an Int4Linear, multiplies by the file's own
     codes: its weight is d * q + m with only d and m + 8 d rounded to bfloat16, and so within that
@@ -108,6 +109,7 @@ def test_the_gguf_q4_1_blocks_load_into_int4_with_their_codes(float_and_int4):
         assert ((got - weight).abs() <= slack).all(), name
 
 
+@pytest.mark.slow
 def test_int4_logits_equal_the_dequantized_float_model(float_and_int4):
     """With lm_head (the tied Q8_0 embedding, rounded to int8 per row) given to the float model
     as the int4 model sees it, the logits agree up to the bfloat16 activations of the kernels."""
@@ -125,6 +127,7 @@ def test_int4_logits_equal_the_dequantized_float_model(float_and_int4):
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
 
 
+@pytest.mark.slow
 def test_int8_model_logits_against_its_dequantized_weights(smollm2_dir):
     int8 = load_model(None, quantize="int8", quiet=True)
     dense = load_model(None, quiet=True)
@@ -155,6 +158,7 @@ def adapter_dir(tmp_path_factory, smollm2_dir):
     return out
 
 
+@pytest.mark.slow
 def test_an_adapter_is_merged_before_the_weights_become_integers(adapter_dir):
     dense = load_model(None, adapter=adapter_dir, quiet=True)
     int8 = load_model(None, adapter=adapter_dir, quantize="int8", quiet=True)
@@ -174,6 +178,7 @@ def test_a_weight_that_does_not_split_into_groups_is_a_one_line_error():
         Int4Linear.from_linear(nn.Linear(48, 100), 32)
 
 
+@pytest.mark.slow
 def test_generate_answers_with_int4_weights(smollm2_dir, capsys):
     import generate
     generate.main(["--prompt", "I can't sleep before exams.", "--max-new-tokens", "6",

@@ -126,13 +126,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.qkv_proj: nn.Module | None = None   # q, k and v in one matrix: see fuse_projections
         self.kv_cache: KVCache | None = None
 
     def forward(self, x, cos, sin, start_pos=0, cache_row: int | None = None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.qkv_proj is not None:   # inference: one product instead of three
+            kv = self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(start_pos, k, v, cache_row)  # (B, nkv, start_pos + T, hd)
@@ -163,8 +169,12 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+        self.gate_up_proj: nn.Module | None = None   # gate and up in one matrix: fuse_projections
 
     def forward(self, x):
+        if self.gate_up_proj is not None:   # inference: one product instead of two
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -225,6 +235,17 @@ class Llama(nn.Module):
         """input_ids (B, T) -> logits (B, T, vocab)."""
         return self.output(self.hidden_states(input_ids, start_pos))
 
+    def fuse_projections(self):
+        """For inference only: q, k and v become one (nh + 2 nkv) * hd x dim matrix per block,
+        and gate and up one 2 hidden x dim matrix, so a decode step runs 4 products per block, not
+        7. The separate linears are removed; training, LoRA and saving use the unfused model."""
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            attn.qkv_proj = _stacked(attn.q_proj, attn.k_proj, attn.v_proj)
+            del attn.q_proj, attn.k_proj, attn.v_proj
+            mlp.gate_up_proj = _stacked(mlp.gate_proj, mlp.up_proj)
+            del mlp.gate_proj, mlp.up_proj
+
     # ------------------------------------------------------------------ generation cache
     def setup_cache(self, batch_size: int, max_len: int, dtype=None, device=None):
         """Allocates a KV cache of `max_len` positions in every attention layer."""
@@ -244,3 +265,12 @@ class Llama(nn.Module):
     def cache_len(self) -> int:
         cache = self.layers[0].self_attn.kv_cache
         return 0 if cache is None else cache.k.shape[2]
+
+
+def _stacked(*linears: nn.Linear) -> nn.Linear:
+    """One frozen linear whose output is the given linears' outputs, one after another."""
+    weight = torch.cat([m.weight.detach() for m in linears])          # (sum of out, in)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device,
+                      dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused

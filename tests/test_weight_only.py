@@ -97,16 +97,28 @@ def test_the_gguf_q4_1_blocks_load_into_int4_with_their_codes(float_and_int4):
     dense, int4 = float_and_int4
     blocks = q4_1_linears(packaged_gguf_path())
     assert len(blocks) == 7 * dense.config.n_layers
-    for name, (q, d, m) in blocks.items():
-        layer = int4.get_submodule(name)
-        assert isinstance(layer, Int4Linear) and layer.group == 32
-        got = layer.dequantize()
-        assert within_bf16(got, int4_weight(q, d, m + 8 * d, 32)), name
-        # against the float32 conversion: off by at most the bf16 rounding of d (times |q - 8| <= 8),
-        # of m + 8 d, and of the value itself
-        weight = dense.get_submodule(name).weight
-        slack = ((d.abs() * 8 + (m + 8 * d).abs()).repeat_interleave(32, 1) + weight.abs()) * 2**-8
-        assert ((got - weight).abs() <= slack).all(), name
+    # int4 runs with q/k/v and gate/up stacked into one matrix each (Llama.fuse_projections)
+    stacked = {"self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"),
+               "mlp.gate_up_proj": ("gate_proj", "up_proj"), "self_attn.o_proj": ("o_proj",),
+               "mlp.down_proj": ("down_proj",)}
+    for i in range(dense.config.n_layers):
+        for fused, parts in stacked.items():
+            room = fused.split(".")[0]
+            names = [f"layers.{i}.{room}.{p}" for p in parts]
+            check_q4_1_layer(int4.get_submodule(f"layers.{i}.{fused}"),
+                             [blocks[n] for n in names], [dense.get_submodule(n).weight for n in names])
+
+
+def check_q4_1_layer(layer, blocks, dense_weights):
+    q, d, m = (torch.cat(t) for t in zip(*blocks))
+    weight = torch.cat(dense_weights)
+    assert isinstance(layer, Int4Linear) and layer.group == 32
+    got = layer.dequantize()
+    assert within_bf16(got, int4_weight(q, d, m + 8 * d, 32))
+    # against the float32 conversion: off by at most the bf16 rounding of d (times |q - 8| <= 8),
+    # of m + 8 d, and of the value itself
+    slack = ((d.abs() * 8 + (m + 8 * d).abs()).repeat_interleave(32, 1) + weight.abs()) * 2**-8
+    assert ((got - weight).abs() <= slack).all()
 
 
 @pytest.mark.slow
@@ -131,6 +143,7 @@ def test_int4_logits_equal_the_dequantized_float_model(float_and_int4):
 def test_int8_model_logits_against_its_dequantized_weights(smollm2_dir):
     int8 = load_model(None, quantize="int8", quiet=True)
     dense = load_model(None, quiet=True)
+    dense.fuse_projections()                  # the layout int8 runs in
     for name, module in list(int8.named_modules()):
         if isinstance(module, Int8Linear):
             if name == "lm_head":
@@ -152,7 +165,7 @@ def adapter_dir(tmp_path_factory, smollm2_dir):
     torch.manual_seed(0)
     for name, param in model.named_parameters():
         if "lora_B" in name:
-            param.data.normal_(0, 0.02)
+            param.data.normal_(0, 0.2)     # an adapter that moves the logits a lot
     out = tmp_path_factory.mktemp("adapter")
     save_adapter(model, out, base_model=str(smollm2_dir), identity=base_identity(smollm2_dir))
     return out
@@ -160,11 +173,13 @@ def adapter_dir(tmp_path_factory, smollm2_dir):
 
 @pytest.mark.slow
 def test_an_adapter_is_merged_before_the_weights_become_integers(adapter_dir):
-    dense = load_model(None, adapter=adapter_dir, quiet=True)
+    adapted = load_model(None, adapter=adapter_dir, quiet=True)(PROMPT)
+    base = load_model(None, quiet=True)(PROMPT)
     int8 = load_model(None, adapter=adapter_dir, quantize="int8", quiet=True)
     assert not any("lora" in name for name, _ in int8.named_modules())
-    expected, got = dense(PROMPT), int8(PROMPT)
-    assert (got.softmax(-1) - expected.softmax(-1)).abs().max() < 0.05
+    got = int8(PROMPT)
+    # int8 rounding moves the logits far less than the adapter does
+    assert (got - adapted).abs().mean() < 0.25 * (adapted - base).abs().mean()
 
 
 def test_train_refuses_integer_weights():
@@ -185,3 +200,14 @@ def test_generate_answers_with_int4_weights(smollm2_dir, capsys):
                    "--quantize", "int4"])
     out, err = capsys.readouterr()
     assert out.strip() and "tokens in" in err
+
+
+@torch.inference_mode()
+def test_fused_projections_give_the_same_logits(smollm2_dir):
+    """Llama.fuse_projections (q/k/v and gate/up stacked, for inference) changes nothing but the
+    number of products."""
+    model = load_model(None, quiet=True)
+    expected = model(PROMPT)
+    model.fuse_projections()
+    assert not hasattr(model.layers[0].self_attn, "q_proj")
+    assert torch.allclose(model(PROMPT), expected, atol=1e-4, rtol=1e-4)

@@ -170,7 +170,8 @@ class Int8Linear(nn.Module):
 
 def quantize_for_inference(model: nn.Module, kind: str, q4_1: dict | None = None,
                            group: int = GROUP) -> None:
-    """Makes a loaded Llama's linears int4 or int8 (kind), lm_head included, in place.
+    """Makes a loaded Llama's linears int4 or int8 (kind), lm_head included, in place, after
+    fusing q/k/v and gate/up (Llama.fuse_projections: fewer, larger products per step).
 
     lm_head is int8 in both kinds: the output layer is where 4 bits cost the most. On the
     embedded model, int4 blocks with an int4 head raise the perplexity of the bundled evaluation
@@ -180,6 +181,8 @@ def quantize_for_inference(model: nn.Module, kind: str, q4_1: dict | None = None
     names to GGUF Q4_1 blocks (q4_1_blocks) that load with their codes unchanged."""
     device = model.embed_tokens.weight.device
     dtype = model.embed_tokens.weight.dtype
+    model.fuse_projections()                  # 4 products per block instead of 7
+    q4_1 = _fused_blocks(q4_1) if q4_1 else None
     if model.lm_head is None:
         model.lm_head = nn.Linear(model.config.dim, model.config.vocab_size, bias=False,
                                   device=device, dtype=dtype)
@@ -197,3 +200,17 @@ def quantize_for_inference(model: nn.Module, kind: str, q4_1: dict | None = None
             else:
                 new = Int4Linear.from_linear(child, group)
             setattr(module, child_name, new)
+
+
+def _fused_blocks(q4_1: dict) -> dict:
+    """Q4_1 blocks of q/k/v and gate/up stacked like Llama.fuse_projections stacks the weights."""
+    fused = dict(q4_1)   # o_proj and down_proj stay as they are
+    for name in q4_1:
+        for one, parts in (("qkv_proj", ("q_proj", "k_proj", "v_proj")),
+                           ("gate_up_proj", ("gate_proj", "up_proj"))):
+            if name.endswith("." + parts[0]):
+                prefix = name[: -len(parts[0])]
+                fused[prefix + one] = tuple(torch.cat(t) for t in zip(*(q4_1[prefix + p] for p in parts)))
+                for p in parts:
+                    del fused[prefix + p]
+    return fused

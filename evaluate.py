@@ -35,7 +35,6 @@ from data.format import chat_format_for
 from data.rows import SAMPLE_DIR
 from evaluation import metrics
 from evaluation.judge import Judge
-from lora import load_adapter
 from lora.peft_format import CONFIG_NAME
 from model import load_model, load_tokenizer
 from model.errors import UserError
@@ -150,8 +149,9 @@ def main(argv=None):
         if v.kind in ("base", "lora"):
             model = base
             if v.kind == "lora":
-                model = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize, quiet=True)
-                load_adapter(model, v.path)
+                # adapter= merges it first when the weights become int4 / int8
+                model = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize,
+                                   adapter=v.path, quiet=True)
             answers, stopped = answer_llm(model, tokenizer, v, rows, args)
             extra = {"ppl": reference_perplexity(model, tokenizer, v.template, rows, args.device)}
             del model

@@ -117,3 +117,14 @@ def test_a_variant_folder_nobody_trained_is_one_line_and_leaves_no_results_folde
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and f"'{tmp_path / 'runs' / 'lstm'}' is neither 'base' nor a run folder" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_evaluate_with_int8_weights_merges_each_adapter_first(setup):
+    root, tiny, data = setup
+    out = root / "out-int8"
+    run = _evaluate("--model", str(tiny), "--data", str(data), "--variants", f"base,{root / 'lora'}",
+                    "--max-new-tokens", "4", "--quantize", "int8", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [r["kind"] for r in results] == ["base", "lora"] and all(r["ppl"] > 1 for r in results)

@@ -50,7 +50,9 @@ sys.path.insert(0, str(ROOT))  # run from anywhere
 from bench.common import cpu_name  # noqa: E402
 
 FLOOR_LABEL = "floor: one matrix-vector product per weight"
+INT4_FLOOR = "int4 floor: ours int4's integer products only"
 WEIGHTS = {"ours int4": "int4, groups of 32 (Q4_1 blocks as stored); lm_head int8",
+           INT4_FLOOR: "as ours int4",
            "ours int4, int4 head": "int4, groups of 32; lm_head int4 too",
            "ours int8": "int8, per row"}
 DEFAULT_PROMPT = ("Lately I lie awake for hours worrying about work, and then I'm exhausted all "
@@ -157,6 +159,27 @@ def make_floor_runner(model):
     return run, nbytes
 
 
+def make_kernel_floor_runner(model):
+    """The int4 model's floor: each of its integer linears (4 per block after fusion, and the
+    output layer) run once per "token" on a (1, in) input through the same kernel, nothing else.
+    What ours spends beyond it is per-operator overhead, not reading weights."""
+    from model.quant.weight_only import Int4Linear, Int8Linear
+    layers = [m for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear))]
+    inputs = {m.in_features: torch.full((1, m.in_features), 0.01) for m in layers}
+
+    @torch.inference_mode()
+    def run(prompt_ids, n_new) -> Timing:
+        timing = Timing()
+        for _ in range(n_new):
+            for m in layers:
+                m(inputs[m.in_features])
+            timing.token()
+        timing.finish([0] * n_new)
+        return timing
+
+    return run
+
+
 def make_hf_runner(folder, pad_id, dtype):
     from transformers import LlamaForCausalLM
     from transformers.generation.streamers import BaseStreamer
@@ -255,9 +278,10 @@ def int4_head(model):
     return model
 
 
-def print_perplexity(models: dict, tokenizer, dtype: str) -> dict:
-    """Perplexity of the bundled evaluation rows' answers under each of ours (chat template), so
-    that no speed is bought with unreported quality."""
+def print_perplexity(models: dict, tokenizer, dtype: str, gguf: Path | None = None,
+                     threads: int = 2) -> dict:
+    """Perplexity of the bundled evaluation rows' answers under each of ours (chat template), and
+    under llama.cpp on the GGUF when given, so that no speed is bought with unreported quality."""
     from data import load_rows
     from data.rows import SAMPLE_DIR
     from evaluate import reference_perplexity
@@ -271,7 +295,35 @@ def print_perplexity(models: dict, tokenizer, dtype: str) -> dict:
         with torch.inference_mode():
             out[name] = reference_perplexity(model, tokenizer, "chat", rows, "cpu")
         print(f"| {name} | {WEIGHTS.get(name, dtype)} | {out[name]:.3f} |", flush=True)
+    if gguf is not None:
+        out["llama.cpp Q4_1"] = llama_cpp_perplexity(gguf, tokenizer, rows, threads)
+        print(f"| llama.cpp Q4_1 | Q4_1 (the same GGUF) | {out['llama.cpp Q4_1']:.3f} |", flush=True)
     return out
+
+
+def llama_cpp_perplexity(gguf: Path, tokenizer, rows, threads: int) -> float:
+    """The same examples' target tokens, scored from llama.cpp's logits of the same ids."""
+    import numpy as np
+    from llama_cpp import Llama
+    from data import build_examples
+    from data.format import IGNORE_INDEX
+    from evaluation.metrics import perplexity
+    examples, _ = build_examples(rows, tokenizer, "chat", 4096, progress=False)
+    n_ctx = max(len(e.input_ids) for e in examples) + 8
+    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+                n_threads_batch=threads, logits_all=True, verbose=False)
+    total, n = 0.0, 0
+    for e in examples:
+        llm.reset()
+        llm.eval(e.input_ids)
+        logits = np.asarray(llm.scores[:len(e.input_ids)], dtype=np.float64)     # (T, vocab)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        for t in range(len(e.input_ids) - 1):           # position t predicts token t + 1
+            if e.labels[t + 1] != IGNORE_INDEX:
+                total -= logp[t, e.labels[t + 1]]
+                n += 1
+    return perplexity(total, n)
 
 
 def profile_ours(model, prompt_ids, n_new, rows=15):
@@ -319,6 +371,8 @@ def main(argv=None):
                                                                        quantize=kind, quiet=True))
     for name, model in list(ours_models.items())[1:]:
         runners[name] = lambda ids, n, m=model: run_ours(m, ids, n)
+    if "ours int4" in ours_models:
+        runners[INT4_FLOOR] = make_kernel_floor_runner(ours_models["ours int4"])
     notes = []
     if not args.no_hf:
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
@@ -349,7 +403,7 @@ def main(argv=None):
             if len(timing.tokens) != n_new:
                 raise SystemExit(f"{name} produced {len(timing.tokens)} tokens, not {n_new}")
             samples[name].append(timing.numbers())
-            if name != "floor":
+            if name not in ("floor", INT4_FLOOR):
                 tokens.setdefault(name, timing.tokens)
         print(f"round {r + 1}/{args.repeats}: " + ", ".join(
             f"{name} {samples[name][-1]['decode_tok_s']:.1f} tok/s" for name in runners), flush=True)
@@ -366,9 +420,10 @@ def main(argv=None):
     print("|---|---|---:|---:|---:|---|")
     for name, m in medians.items():
         weights = "Q4_1" if name.startswith("llama.cpp") else WEIGHTS.get(name, args.dtype)
-        same = "-" if name in ("ours", "floor") else agreement(tokens["ours"], tokens[name])
+        floor = name in ("floor", INT4_FLOOR)
+        same = "-" if name == "ours" or floor else agreement(tokens["ours"], tokens[name])
         label = FLOOR_LABEL if name == "floor" else name
-        prefill = "-" if name == "floor" else f"{m['prefill_ms']:.1f}"
+        prefill = "-" if floor else f"{m['prefill_ms']:.1f}"
         print(f"| {label} | {weights} | {prefill} | {m['decode_tok_s']:.1f} "
               f"({m['decode_min']:.1f}-{m['decode_max']:.1f}) | {m['e2e_tok_s']:.1f} | {same} |")
     print()
@@ -389,6 +444,15 @@ def main(argv=None):
         same = first_difference(tokens["ours"], tokens["transformers"]) is None
         print(f"ours and transformers produced {'the same' if same else 'DIFFERENT'} "
               f"{n_new} tokens")
+        if INT4_FLOOR in medians:
+            print(f"ours int4 runs at {medians['ours int4']['decode_tok_s'] / medians[INT4_FLOOR]['decode_tok_s']:.0%} "
+                  f"of its integer products' floor")
+        if "llama.cpp Q4_1" in medians and "ours int4" in medians:
+            ratios["llama.cpp_over_ours_int4"] = (medians["llama.cpp Q4_1"]["decode_tok_s"]
+                                                  / medians["ours int4"]["decode_tok_s"])
+            verdict = "met" if ratios["llama.cpp_over_ours_int4"] <= 1.3 else "NOT met"
+            print(f"llama.cpp Q4_1 / ours int4: decode {ratios['llama.cpp_over_ours_int4']:.2f}x "
+                  f"(target <= 1.3x: {verdict})")
         for name in ("ours int4", "ours int8"):
             if name in medians:
                 ratios[name] = medians[name]["decode_tok_s"] / hf["decode_tok_s"]
@@ -400,7 +464,9 @@ def main(argv=None):
 
     perplexity = {}
     if not args.no_ppl:
-        perplexity = print_perplexity(ours_models, tokenizer, args.dtype)
+        gguf = next((Path(args.gguf) if args.gguf else packaged_gguf() for name in runners
+                     if name.startswith("llama.cpp")), None)
+        perplexity = print_perplexity(ours_models, tokenizer, args.dtype, gguf, threads)
 
     if args.json:
         result = {"perplexity": perplexity, "command": command, "model": str(folder), "dtype": args.dtype,

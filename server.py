@@ -56,7 +56,7 @@ class ServerConfig:
     read_timeout: float = 30.0   # seconds to send a whole request, or to start the next one
     max_connections: int = 32    # connections served at once; one more gets 503 straight away
     max_batch: int = 8           # requests decoding together; more wait for a free slot
-    max_context: int = 4096      # tokens (prompt + reply) one slot holds, at most the model's context
+    max_context: int = 2048      # tokens (prompt + reply) one slot holds, at most the model's context
 
     def __post_init__(self):
         for flag, value, ok in [("--max-body", self.max_body, self.max_body >= 1),

@@ -19,6 +19,8 @@ CHAT = "/v1/chat/completions"
 @contextmanager
 def running_server(assistant, defaults: SamplingConfig | None = None, **fields):
     """make_server(...) on a free port, serving from a thread until the block ends."""
+    # 1,024 tokens a slot: the tests' conversations are short, and each server allocates its cache
+    fields.setdefault("max_context", 1024)
     httpd = make_server(assistant, defaults or SamplingConfig(max_new_tokens=2), port=0, **fields)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -70,6 +70,7 @@ def test_requests_decoded_together_get_the_tokens_each_gets_alone(smollm2, chat)
         decoder.close()
 
 
+@pytest.mark.slow
 def test_a_stop_id_ends_one_request_and_the_others_go_on(smollm2, chat):
     ids = prompt(chat, PROMPTS[0])
     free = generate(smollm2, ids, SamplingConfig(max_new_tokens=12)).ids
@@ -85,6 +86,7 @@ def test_a_stop_id_ends_one_request_and_the_others_go_on(smollm2, chat):
         decoder.close()
 
 
+@pytest.mark.slow
 def test_closing_a_stream_frees_its_slot_for_the_next_request(smollm2, chat):
     decoder = BatchDecoder(smollm2, max_batch=1, max_len=256)
     try:
@@ -98,6 +100,7 @@ def test_closing_a_stream_frees_its_slot_for_the_next_request(smollm2, chat):
         decoder.close()
 
 
+@pytest.mark.slow
 def test_a_request_that_leaves_while_waiting_is_never_started(smollm2, chat):
     decoder = BatchDecoder(smollm2, max_batch=1, max_len=256)
     try:

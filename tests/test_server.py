@@ -40,7 +40,7 @@ class Served:
 def served(smollm2, smollm2_tokenizer):
     assistant = Assistant(smollm2, smollm2_tokenizer, get_chat_format(smollm2_tokenizer, None))
     httpd = make_server(assistant, SamplingConfig(max_new_tokens=GREEDY_TOKENS), port=0,
-                        model_name=MODEL_NAME)
+                        model_name=MODEL_NAME, max_context=1024)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()

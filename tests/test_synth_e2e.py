@@ -200,8 +200,10 @@ def test_patients_writes_n_messages_without_answers(pipeline):
 
 def test_respond_answers_every_patient_row(pipeline):
     patients, answers = pipeline["rows"]["patients"], pipeline["rows"]["answers"]
-    assert [row["id"] for row in answers] == [row["id"] for row in patients]
-    assert [row["input"] for row in answers] == [row["input"] for row in patients]
+    # rows are written as they finish: with 4 in flight, not always in the input's order
+    by_id = {row["id"]: row["input"] for row in patients}
+    assert sorted(row["id"] for row in answers) == sorted(by_id)
+    assert all(row["input"] == by_id[row["id"]] for row in answers)
     assert all(row["output"].strip() and row["model"] == SERVED_MODEL for row in answers)
 
 

@@ -359,6 +359,7 @@ def main(argv=None):
     n_new = args.new_tokens
     threads = torch.get_num_threads()
 
+    gguf = None    # the GGUF llama.cpp runs, when it runs
     runners = {}
     ours_model = load_model(folder, dtype=dtype, quiet=True)
     runners["ours"] = lambda ids, n: run_ours(ours_model, ids, n)
@@ -382,10 +383,11 @@ def main(argv=None):
     elif importlib.util.find_spec("llama_cpp") is None:
         notes.append("llama.cpp: skipped (llama_cpp is not importable; pip install llama-cpp-python)")
     else:
-        gguf = Path(args.gguf) if args.gguf else packaged_gguf()
-        if gguf is None or not gguf.is_file():
+        found = Path(args.gguf) if args.gguf else packaged_gguf()
+        if found is None or not found.is_file():
             notes.append("llama.cpp: skipped (no GGUF file found; pass --gguf)")
         else:
+            gguf = found
             runners["llama.cpp Q4_1"] = make_llama_cpp_runner(gguf, len(prompt_ids) + n_new + 8, threads)
 
     print(f"prompt: {len(prompt_ids)} tokens ({chat.name}); {n_new} new tokens, greedy, batch 1; "
@@ -464,8 +466,6 @@ def main(argv=None):
 
     perplexity = {}
     if not args.no_ppl:
-        gguf = next((Path(args.gguf) if args.gguf else packaged_gguf() for name in runners
-                     if name.startswith("llama.cpp")), None)
         perplexity = print_perplexity(ours_models, tokenizer, args.dtype, gguf, threads)
 
     if args.json:

@@ -3,6 +3,7 @@ together get exactly the tokens each would get alone, join and leave between ste
 their slot back when their consumer goes."""
 
 import threading
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -34,6 +35,16 @@ def chat(smollm2_tokenizer):
     return get_chat_format(smollm2_tokenizer)
 
 
+@contextmanager
+def decoding(model, max_batch, max_len):
+    """A BatchDecoder for the block, closed after it (its thread ends, its cache goes)."""
+    decoder = BatchDecoder(model, max_batch=max_batch, max_len=max_len)
+    try:
+        yield decoder
+    finally:
+        decoder.close()
+
+
 def prompt(chat, text):
     return chat.encode_prompt([{"role": "user", "content": text}])
 
@@ -60,14 +71,11 @@ def test_requests_decoded_together_get_the_tokens_each_gets_alone(smollm2, chat)
     """Greedy and seeded sampling, different prompt lengths and token budgets, one batch."""
     jobs = [(prompt(chat, p), s, chat.stop_ids) for p, s in zip(PROMPTS, SETTINGS)]
     alone = [generate(smollm2, ids, s, stop).ids for ids, s, stop in jobs]
-    decoder = BatchDecoder(smollm2, max_batch=4, max_len=512)   # 6 requests: 2 wait for a slot
-    try:
+    with decoding(smollm2, 4, 512) as decoder:   # 6 requests: 2 wait for a slot
         together = run_together(decoder, jobs)
         assert together == alone
         assert decoder.steps < sum(len(t) for t in together)    # they really shared steps
         assert all(slot is None for slot in decoder.slots)
-    finally:
-        decoder.close()
 
 
 @pytest.mark.slow
@@ -77,46 +85,36 @@ def test_a_stop_id_ends_one_request_and_the_others_go_on(smollm2, chat):
     stop = [free[4]]                       # greedy reaches this token at its fifth step
     expected = generate(smollm2, ids, SamplingConfig(max_new_tokens=12), stop).ids
     assert len(expected) < 12
-    decoder = BatchDecoder(smollm2, max_batch=2, max_len=256)
-    try:
+    with decoding(smollm2, 2, 256) as decoder:
         got = run_together(decoder, [(ids, SamplingConfig(max_new_tokens=12), stop),
                                      (ids, SamplingConfig(max_new_tokens=12), ())])
         assert got == [expected, free]
-    finally:
-        decoder.close()
 
 
 @pytest.mark.slow
 def test_closing_a_stream_frees_its_slot_for_the_next_request(smollm2, chat):
-    decoder = BatchDecoder(smollm2, max_batch=1, max_len=256)
-    try:
+    with decoding(smollm2, 1, 256) as decoder:
         first = decoder.stream(prompt(chat, PROMPTS[1]), SamplingConfig(max_new_tokens=200))
         assert next(first) is not None
         first.close()                      # the consumer left after one token
         second = list(decoder.stream(prompt(chat, PROMPTS[2]), SamplingConfig(max_new_tokens=4)))
         assert second == generate(smollm2, prompt(chat, PROMPTS[2]), SamplingConfig(max_new_tokens=4)).ids
         assert decoder.slots == [None]
-    finally:
-        decoder.close()
 
 
 @pytest.mark.slow
 def test_a_request_that_leaves_while_waiting_is_never_started(smollm2, chat):
-    decoder = BatchDecoder(smollm2, max_batch=1, max_len=256)
-    try:
+    with decoding(smollm2, 1, 256) as decoder:
         busy = decoder.stream(prompt(chat, PROMPTS[0]), SamplingConfig(max_new_tokens=30))
         next(busy)                                      # holds the only slot
         left = decoder.stream(prompt(chat, PROMPTS[1]), SamplingConfig(max_new_tokens=30),
                               cancelled=lambda: True)
         rest = list(busy)
         assert list(left) == [] and len(rest) == 29
-    finally:
-        decoder.close()
 
 
 def test_a_failing_model_ends_every_request_in_flight_with_its_error(smollm2, chat, monkeypatch):
-    decoder = BatchDecoder(smollm2, max_batch=2, max_len=256)
-    try:
+    with decoding(smollm2, 2, 256) as decoder:
         stream = decoder.stream(prompt(chat, PROMPTS[0]), SamplingConfig(max_new_tokens=30))
         next(stream)
 
@@ -126,8 +124,6 @@ def test_a_failing_model_ends_every_request_in_flight_with_its_error(smollm2, ch
         monkeypatch.setattr(decoder, "_step", broken)
         with pytest.raises(RuntimeError, match="fell over"):
             list(stream)
-    finally:
-        decoder.close()
     assert all(layer.self_attn.kv_cache is None for layer in smollm2.layers)   # not left installed
 
 

@@ -15,10 +15,9 @@ The idea is gpt-fast's: swap each nn.Linear for one of these after the model is 
 
 Both kernels multiply in bfloat16: the activations are cast to bfloat16 on the way in and the
 result back to the model's dtype on the way out, and the scales and zeros are stored in
-bfloat16. On CPU that is the kernels' fast path: with float32 activations torch 2.13 takes a
-reference path that is slower than the float32 matmul itself (a 576 -> 1536 product for one
-token: 0.80 ms in float32 against 0.03 ms in bfloat16, and 0.07 ms for the dense float32 layer).
-On CUDA the int4 kernel takes bfloat16 only.
+bfloat16. On CPU that is the kernels' fast path (torch 2.13 has vectorised bfloat16 kernels for
+them; float32 activations take a plain reference path). On CUDA the int4 kernel takes bfloat16
+only.
 
 The embedded model's GGUF stores its linears as Q4_1: per 32 weights an fp16 scale d and minimum
 m, w = d * q + m. That is an asymmetric int4 group of 32, so the blocks load into Int4Linear with
@@ -175,8 +174,8 @@ def quantize_for_inference(model: nn.Module, kind: str, q4_1: dict | None = None
 
     lm_head is int8 in both kinds: the output layer is where 4 bits cost the most. On the
     embedded model, int4 blocks with an int4 head raise the perplexity of the bundled evaluation
-    answers by 5%, and with an int8 head by 0.2% (bench/bench_generate.py shows both), for 0.8 ms
-    more per token on 2 CPU cores. A tied output layer gets its own int8 copy of the embedding
+    answers by 5%, and with an int8 head by 0.2%, for a little speed (bench/bench_generate.py shows
+    both). A tied output layer gets its own int8 copy of the embedding
     matrix (the embedding lookup keeps reading floats: one row per token). q4_1 maps module
     names to GGUF Q4_1 blocks (q4_1_blocks) that load with their codes unchanged."""
     device = model.embed_tokens.weight.device

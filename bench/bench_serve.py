@@ -5,7 +5,9 @@
 
 The server of `generate.py --serve` (server.py) runs in this process on 127.0.0.1 with the
 embedded SmolLM2-135M-Instruct, decoding every request in flight in one batch
-(model/batch_generation.py, --max-batch slots). Each request is a streamed chat completion with
+(model/batch_generation.py, --max-batch slots). As in server.serve, the model decodes on the
+main thread and the clients and HTTP run on others; --decoder-thread gives the decoder a thread
+of its own instead, to show what that costs. Each request is a streamed chat completion with
 its own prompt, greedy, at most --max-tokens new tokens (the prompts ask for long answers, so
 they run to the limit; one that stops early is reported). Two passes, each alone:
 
@@ -54,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per request (default: 64)")
     p.add_argument("--max-batch", type=int, default=8, help="the server's batch slots (default: 8)")
     p.add_argument("--quantize", default="none", help="none, int8 or int4 weights (default: none)")
+    p.add_argument("--decoder-thread", action="store_true",
+                   help="decode on a thread of the decoder's own, not on the main thread as "
+                        "generate.py --serve does")
     p.add_argument("--json", default=None, metavar="FILE", help="also write every number to FILE as JSON")
     args = p.parse_args(argv)
     if args.requests < 1 or args.max_tokens < 1 or args.max_batch < 1:
@@ -126,24 +131,43 @@ def main(argv=None):
     model = load_model(None, quantize=args.quantize, quiet=True)
     assistant = Assistant(model, tokenizer, get_chat_format(tokenizer), system_prompt=None)
     httpd = make_server(assistant, SamplingConfig(max_new_tokens=args.max_tokens), port=0,
-                        max_batch=args.max_batch, max_context=1024)
+                        max_batch=args.max_batch, max_context=1024,
+                        decoder_thread=args.decoder_thread)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     port = httpd.server_address[1]
     prompts = [PROMPTS[k % len(PROMPTS)] + ("" if k < len(PROMPTS) else f" ({k})")
                for k in range(args.requests)]
+    passes, failure = {}, []
+
+    def client():
+        try:
+            one_request(port, "hello", 4)                                   # warm-up
+            passes["one after another"] = run_pass(port, prompts, args.max_tokens, False)
+            passes["concurrent"] = run_pass(port, prompts, args.max_tokens, True)
+        except BaseException as e:
+            failure.append(e)
+        finally:
+            httpd.decoder.close()   # ends decoder.run() below
+
+    clients = threading.Thread(target=client)
+    clients.start()
     try:
-        one_request(port, "hello", 4)                                   # warm-up
-        passes = {"one after another": run_pass(port, prompts, args.max_tokens, False),
-                  "concurrent": run_pass(port, prompts, args.max_tokens, True)}
+        if not args.decoder_thread:
+            httpd.decoder.run()     # the main thread decodes, as in server.serve
+        clients.join()
     finally:
         httpd.shutdown()
         httpd.server_close()
+    if failure:
+        raise failure[0]
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     print(f"\n## Serving: {args.requests} chat requests, SmolLM2-135M-Instruct, "
           f"{args.quantize if args.quantize != 'none' else 'float32'}, CPU\n")
     print(f"`{command}`\n")
-    print(f"{args.max_tokens} new tokens each (greedy), server batch slots {args.max_batch}; torch "
+    where = "a thread of its own (--decoder-thread)" if args.decoder_thread else "the main thread"
+    print(f"decoding on {where}; "
+          f"{args.max_tokens} new tokens each (greedy), server batch slots {args.max_batch}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {cpu_name()}\n")
     print("| pass | wall s | completion tokens | tokens/s | time to first text p50 s | p95 s |")
     print("|---|---:|---:|---:|---:|---:|")

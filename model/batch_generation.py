@@ -1,8 +1,8 @@
 """Continuous batching: many requests decode together, joining and leaving between steps.
 
 A batch-1 decode step is bound by reading the weights, so eight rows cost little more than one.
-The decoder owns the model's KV cache, one row ("slot") per request, and runs one loop on its own
-thread:
+The decoder owns the model's KV cache, one row ("slot") per request, and runs one loop, on a
+thread of its own or on the caller's (run()):
 
     requests waiting --a free slot?--> prefill the prompt into that slot's cache row (B = 1)
                                         -> its first token
@@ -17,6 +17,12 @@ request's own torch.Generator seeded like generate_stream's.
     decoder = BatchDecoder(model, max_batch=8, max_len=4096)
     for token in decoder.stream(prompt_ids, SamplingConfig(seed=1), stop_ids):   # any thread
         ...
+
+Which thread decodes matters on a CPU. torch's OpenMP threads run a batched step fastest on the
+thread that has used them from the start (the main thread, which loaded the model); a new thread
+gets a team of its own, and on 2 cores the two teams make every parallel region slower.
+bench/bench_serve.py measures both: the server (server.serve) therefore decodes on the main
+thread, with own_thread=False and run(), and answers HTTP on other threads.
 """
 
 import queue
@@ -48,7 +54,8 @@ class _Request:
 
 
 class BatchDecoder:
-    def __init__(self, model, max_batch: int = 8, max_len: int = 4096):
+    def __init__(self, model, max_batch: int = 8, max_len: int = 4096, own_thread: bool = True):
+        """own_thread=False: no thread is started, and the caller runs the loop with run()."""
         self.model, self.max_batch = model, max_batch
         self.device = model.embed_tokens.weight.device
         # The decoder's own KV cache, one per layer, put into the model only for its own forward
@@ -61,8 +68,11 @@ class BatchDecoder:
         self.wake = threading.Condition()
         self.steps = 0                       # decode steps run (for tests and benchmarks)
         self.closed = False
-        self.thread = threading.Thread(target=self._loop, name="batch-decoder", daemon=True)
-        self.thread.start()
+        self.running = False                 # a thread is inside run()
+        self.thread = None
+        if own_thread:
+            self.thread = threading.Thread(target=self.run, name="batch-decoder", daemon=True)
+            self.thread.start()
 
     def stream(self, prompt_ids: list[int], cfg: SamplingConfig, stop_ids=(),
                result: GenerationResult | None = None, cancelled=None) -> "_Stream":
@@ -92,13 +102,26 @@ class BatchDecoder:
 
     # ------------------------------------------------------------------ the decoding thread
     def close(self):
-        """Ends the decoding thread once the step in flight is done; requests still waiting or
+        """Ends the decoding loop once the step in flight is done; requests still waiting or
         decoding end with an error. The model's KV cache is freed."""
         with self.wake:
             self.closed = True
             self.wake.notify()
-        if self.thread is not threading.current_thread():
+            if not self.running:   # no loop left to end them (run() was interrupted or never ran)
+                self._shut()
+        if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join()
+
+    def run(self):
+        """The decoding loop, until close(): admit waiting requests, prefill them, step every
+        active slot once, repeat. Runs on the decoder's own thread, or on the caller's."""
+        with self.wake:
+            self.running = True
+        try:
+            self._loop()
+        finally:
+            with self.wake:
+                self.running = False
 
     def _loop(self):
         while True:

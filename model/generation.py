@@ -89,7 +89,11 @@ def generate_stream(model, prompt_ids: list[int], cfg: SamplingConfig,
             yield token
             if len(result.ids) == budget:
                 return
-            logits = model(torch.tensor([[token]], device=device), start_pos=pos)[0, -1]
+            token_ids = torch.tensor([[token]], device=device)                 # (1, 1)
+            if model.compiled_decode is not None:   # model/compile.py
+                logits = model.compiled_decode(token_ids, torch.tensor([pos], device=device))[0]
+            else:
+                logits = model(token_ids, start_pos=pos)[0, -1]
             pos += 1
     finally:
         model.clear_cache()

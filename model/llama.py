@@ -77,14 +77,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 # ----------------------------------------------------------------------------- attention
-class KVCache(nn.Module):
+class KVCache:
     """Preallocated keys and values for generation: (B, n_kv_heads, max_len, head_dim) each."""
 
     def __init__(self, batch_size, max_len, n_kv_heads, head_dim, dtype, device):
-        super().__init__()
         shape = (batch_size, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, start, k: torch.Tensor, v: torch.Tensor, row: int | None = None):
         """Writes positions [start, start + T) and returns keys/values for [0, start + T).
@@ -98,6 +97,8 @@ class KVCache(nn.Module):
             rows = torch.arange(n, device=k.device)
             self.k[rows, :, start] = k[:, :, 0]
             self.v[rows, :, start] = v[:, :, 0]
+            if torch.compiler.is_compiling():   # model/compile.py: every position, masked
+                return self.k[:n], self.v[:n]
             end = int(start.max()) + 1
             return self.k[:n, :, :end], self.v[:n, :, :end]
         end = start + k.shape[2]
@@ -204,6 +205,7 @@ class Llama(nn.Module):
         self.register_buffer("inv_freq", rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling),
                              persistent=False)
         self.gradient_checkpointing = False
+        self.compiled_decode = None   # model/compile.py: a torch.compile'd self.decode
 
     def hidden_states(self, input_ids: torch.Tensor, start_pos=0,
                       cache_row: int | None = None) -> torch.Tensor:
@@ -234,6 +236,11 @@ class Llama(nn.Module):
     def forward(self, input_ids: torch.Tensor, start_pos=0) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, vocab)."""
         return self.output(self.hidden_states(input_ids, start_pos))
+
+    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One new token per row at its own position: token_ids (B, 1), positions (B,) ->
+        logits (B, vocab). The step that model/compile.py compiles."""
+        return self.output(self.hidden_states(token_ids, positions)[:, -1])
 
     def fuse_projections(self):
         """For inference only: q, k and v become one (nh + 2 nkv) * hd x dim matrix per block,

@@ -113,6 +113,34 @@ def test_a_request_that_leaves_while_waiting_is_never_started(smollm2, chat):
         assert list(left) == [] and len(rest) == 29
 
 
+@pytest.mark.slow
+def test_the_loop_runs_on_the_callers_thread_with_the_same_tokens(smollm2, chat):
+    """own_thread=False (how server.serve decodes, on the main thread): this thread runs the loop
+    while consumers stream from theirs; close() from a consumer ends run()."""
+    jobs = [(prompt(chat, p), s, chat.stop_ids) for p, s in zip(PROMPTS[:3], SETTINGS[:3])]
+    alone = [generate(smollm2, ids, s, stop).ids for ids, s, stop in jobs]
+    decoder = BatchDecoder(smollm2, max_batch=4, max_len=512, own_thread=False)
+    together = []
+
+    def consumers():
+        together.extend(run_together(decoder, jobs))
+        decoder.close()
+
+    thread = threading.Thread(target=consumers)
+    thread.start()
+    decoder.run()                          # returns once closed
+    thread.join(60)
+    assert together == alone and decoder.thread is None and not decoder.running
+
+
+def test_closing_a_decoder_whose_loop_is_not_running_ends_its_waiting_requests(smollm2, chat):
+    decoder = BatchDecoder(smollm2, max_batch=2, max_len=256, own_thread=False)
+    stream = decoder.stream(prompt(chat, PROMPTS[0]), SamplingConfig(max_new_tokens=5))
+    decoder.close()                        # run() was never called (or was interrupted)
+    with pytest.raises(RuntimeError, match="shutting down"):
+        next(stream)
+
+
 def test_a_failing_model_ends_every_request_in_flight_with_its_error(smollm2, chat, monkeypatch):
     with decoding(smollm2, 2, 256) as decoder:
         stream = decoder.stream(prompt(chat, PROMPTS[0]), SamplingConfig(max_new_tokens=30))

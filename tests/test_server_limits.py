@@ -108,12 +108,21 @@ def test_non_loopback_address_with_a_key_does_not_warn():
     assert exposure_warning("0.0.0.0", KEY) is None
 
 
+class _Decoder:
+    def run(self):            # serve() decodes on the calling thread until Ctrl-C
+        raise KeyboardInterrupt
+
+
 class _Bound:
     """Stands in for a server bound to every interface (tests bind 127.0.0.1 only)."""
     server_address = ("0.0.0.0", 8000)
+    decoder = _Decoder()
 
     def serve_forever(self):
-        raise KeyboardInterrupt
+        pass
+
+    def shutdown(self):
+        pass
 
     def server_close(self):
         pass

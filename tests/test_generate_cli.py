@@ -7,10 +7,8 @@ Answers are kept to 8 tokens: each run loads the model and generates on a CPU.
 
 import dataclasses
 import http.client
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -213,37 +211,3 @@ def test_serve_on_loopback_with_a_key_prints_no_warning(keyed_server):
     _, lines = keyed_server
     assert not any(line.startswith("warning") for line in lines)
 
-
-def _post_chat(port: int, body: dict) -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
-                 headers={"Content-Type": "application/json"})
-    return conn.getresponse()
-
-
-@pytest.mark.slow
-def test_serve_decodes_on_the_main_thread_and_ctrl_c_mid_answer_exits_cleanly():
-    """`generate.py --serve` decodes on its main thread (server.serve): answers arrive, and a
-    Ctrl-C while an answer streams ends the process at once, with no traceback."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, str(GENERATE), "--serve", "--port", "0"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        line = ""
-        while not line.startswith("serving "):
-            line = proc.stdout.readline()
-            assert line, "the server exited before serving"
-        port = int(re.search(r":(\d+)/v1", line).group(1))
-        messages = [{"role": "user", "content": MESSAGE}]
-        answer = json.loads(_post_chat(port, {"messages": messages, "max_tokens": 8}).read())
-        assert answer["choices"][0]["message"]["content"].strip()
-        stream = _post_chat(port, {"messages": messages, "max_tokens": 400, "stream": True})
-        assert stream.status == 200 and stream.readline()     # the answer has started
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
-        output = proc.stdout.read()
-        assert "Traceback" not in output, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -67,7 +67,7 @@ class EvaluateConfig:
     quantize: str | None = opt(None, "none; nf4 (QLoRA's 4-bit storage); int4 or int8: weight-only integer "
                                       "linears for faster decoding, lm_head included")
     compile: bool = opt(False, "decode through torch.compile (model/compile.py): faster answers after a "
-                               "one-time compile of a minute or so on a small CPU")
+                               "one-time compile at load (it prints how long)")
     judge: bool = opt(False, "also score answers with an LLM judge")
     judge_base_url: str | None = opt(None, "OpenAI-compatible endpoint of the judge")
     judge_model: str | None = opt(None, "judge model name")

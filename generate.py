@@ -27,8 +27,8 @@ class GenerateConfig:
     quantize: str | None = opt(None, "none; nf4 (QLoRA's 4-bit storage); int4 or int8: weight-only integer "
                                       "linears for faster decoding, lm_head included")
     compile: bool = opt(False, "decode through torch.compile (model/compile.py): faster tokens after a "
-                               "one-time compile of a minute or so on a small CPU (cached on disk "
-                               "after); not with --serve")
+                               "one-time compile at load (it prints how long; cached on disk after); "
+                               "not with --serve")
     # what to say
     prompt: str | None = opt(None, "answer this one message and exit; none: an interactive chat")
     system: str = opt("safety", "system prompt: 'safety' (the safety layer's boundaries prompt), '' for "

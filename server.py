@@ -502,5 +502,5 @@ def serve(assistant, defaults: SamplingConfig, config: ServerConfig | None = Non
     except KeyboardInterrupt:
         pass
     finally:
-        httpd.shutdown()       # stop accepting; requests in flight end with an error
-        httpd.server_close()
+        httpd.shutdown()       # stop accepting
+        httpd.server_close()   # requests in flight end with an error

@@ -2,8 +2,8 @@
 operators of a one-token forward into a few fused kernels.
 
 A decode step moves little data per operator (one token's vector), so in eager mode much of its
-time goes to running operators around the work, not to the work. torch.compile (Inductor) traces the step
-once and generates code that fuses the norms, rotary embeddings, residual adds and activation
+time goes to running operators around the work, not to the work. torch.compile (Inductor)
+traces the step once and generates code that fuses the norms, rotary embeddings, residual adds and activation
 into a few loops around the matrix products, which stay torch's own kernels (int4/int8 included).
 
 What makes the step compile once and stay compiled:
@@ -31,10 +31,11 @@ from model.errors import UserError
 WARMUP_CACHE = 16   # positions of the throwaway cache the warm-up compiles with
 
 
-def compile_decoding(model, quiet: bool = False) -> None:
+def compile_decoding(model, quiet: bool = False) -> float:
     """Sets model.compiled_decode (used by model.generation.generate_stream) and compiles it now,
-    on a throwaway cache, so the first answer does not wait. On CPU this needs a C++ compiler;
-    Inductor caches the generated code on disk, so later runs compile faster."""
+    on a throwaway cache, so the first answer does not wait; returns the seconds that took. On
+    CPU this needs a C++ compiler; Inductor caches the generated code on disk, so later runs
+    compile faster."""
     device = model.embed_tokens.weight.device
     if device.type == "cpu" and not _cpp_compiler():
         raise UserError("--compile: torch.compile on CPU needs a C++ compiler (g++ or clang++, "
@@ -42,8 +43,7 @@ def compile_decoding(model, quiet: bool = False) -> None:
     step = torch.compile(model.decode, fullgraph=True)
     start = time.perf_counter()
     if not quiet:
-        print("compiling the decode step (--compile; a minute or two on a small CPU, less once "
-              "cached) ...", file=sys.stderr, flush=True)
+        print("compiling the decode step (--compile; once, at load) ...", file=sys.stderr, flush=True)
     try:
         # Called as generate_stream calls it, in inference mode: the guards check that too.
         with torch.inference_mode():
@@ -55,15 +55,17 @@ def compile_decoding(model, quiet: bool = False) -> None:
             position = torch.zeros(1, dtype=torch.long, device=device)       # (1,)
             model.decode(token, position)   # eager first: lazy setup (an import) is not traced
             step(token, position)
-    except torch._dynamo.exc.BackendCompilerFailed as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except torch._dynamo.exc.TorchDynamoException as e:   # a compiler failure, an untraceable step
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"--compile: torch.compile failed ({first[:200]}); run without "
                         f"--compile") from None
     finally:
         model.clear_cache()
     model.compiled_decode = step
+    seconds = time.perf_counter() - start
     if not quiet:
-        print(f"compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        print(f"compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
+    return seconds
 
 
 def _cpp_compiler() -> str | None:

@@ -210,4 +210,3 @@ def test_serve_refuses_a_body_over_max_body_with_413(keyed_server):
 def test_serve_on_loopback_with_a_key_prints_no_warning(keyed_server):
     _, lines = keyed_server
     assert not any(line.startswith("warning") for line in lines)
-

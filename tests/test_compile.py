@@ -100,6 +100,21 @@ def test_no_cpp_compiler_is_a_one_line_error_naming_the_flag(monkeypatch):
         compile_decoding(tiny_llama())
 
 
+def test_a_step_torch_compile_cannot_handle_is_a_one_line_error_and_the_model_stays_eager(monkeypatch):
+    def failing(fn, **options):
+        def step(*args):
+            raise torch._dynamo.exc.TorchDynamoException("this step cannot be traced\nmore detail")
+        return step
+
+    monkeypatch.setattr("model.compile.torch.compile", failing)
+    model = tiny_llama()
+    with pytest.raises(UserError) as error:
+        compile_decoding(model, quiet=True)
+    assert str(error.value) == ("--compile: torch.compile failed (this step cannot be traced); run "
+                                "without --compile")
+    assert model.compiled_decode is None and model.layers[0].self_attn.kv_cache is None
+
+
 def test_serve_with_compile_is_a_one_line_error_before_the_model_loads():
     result = subprocess.run([sys.executable, "generate.py", "--serve", "--compile"],
                             capture_output=True, text=True, timeout=120)

@@ -5,6 +5,7 @@
     python train.py --data my.jsonl --max-steps 50    # flags win over the preset
     python train.py --out runs/x --resume             # continue a stopped run exactly
     python train.py --arch lstm                       # a char-LSTM baseline on the same data
+    torchrun --nproc_per_node 2 train.py --parallel fsdp ...   # one run over 2 GPUs (or CPU ranks)
 
 The run folder (--out) gets the adapter in PEFT format (adapter_config.json and
 adapter_model.safetensors), train_config.json, metrics.jsonl, loss.png, checkpoint.pt and
@@ -19,7 +20,6 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,10 +32,10 @@ from model import load_model, load_tokenizer
 from model.errors import UserError
 from model.checkpoint.gguf import DEFAULT_MODEL_ID
 from model.checkpoint.identity import base_identity
-from model.loss import count_targets, target_nll
+from model.loss import TargetLoss, count_targets
 from model.rnn import CharConfig, row_text, unigram_bits_per_char
 from model.checkpoint.load import TRAIN_QUANTIZE, parse_dtype, parse_quantize, resolve_model_dir
-from training import checkpoint
+from training import checkpoint, distributed
 from training.char import train_char_model
 from training.checks import check_config, check_device
 from training.flags import opt, parse_config
@@ -85,6 +85,13 @@ class TrainConfig:
         "on GPUs that have it, else fp16; fp32 on CPU)")
     grad_checkpointing: bool = opt(False, "recompute block activations in backward to save memory")
     device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
+    # several processes, launched by torchrun (training/distributed.py)
+    parallel: str = opt("none",
+        "none; under torchrun: ddp (a model replica per rank) or fsdp (parameters, 4-bit weights "
+        "included, gradients and AdamW state sharded across ranks). --batch-size stays per rank")
+    cpu_offload: bool = opt(False, "with --parallel fsdp: keep the shards, their gradients and AdamW's "
+                                   "state in CPU RAM (GPUs hold only the block being computed)")
+    dist_timeout: float = opt(600.0, "seconds a rank waits for the others in one exchange before it fails")
     # bookkeeping
     seed: int = opt(3407, "random seed for LoRA init, data order and dropout")
     eval_every: int = opt(20, "evaluate every N steps (0 = only at the end)")
@@ -135,6 +142,14 @@ def main(argv=None):
     out = Path(cfg.out)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    world = distributed.setup(cfg.parallel, cfg.device, cfg.dist_timeout)  # torchrun's ranks, if any
+    try:
+        run(cfg, resume, out, world)
+    finally:
+        distributed.teardown(world)
+
+
+def run(cfg: TrainConfig, resume: bool, out: Path, world: distributed.World):
 
     # -------------------------------------------------------------------- data
     # Fields are cut to what max_len tokens could need before anything is tokenized (data/cap.py).
@@ -144,7 +159,7 @@ def main(argv=None):
 
     if cfg.arch in ("rnn", "lstm"):
         return train_char_baseline(cfg, train_rows, eval_rows, out)
-    train_llm(cfg, train_rows, eval_rows, out, resume)
+    train_llm(cfg, train_rows, eval_rows, out, resume, world)
 
 
 def train_char_baseline(cfg, train_rows, eval_rows, out):
@@ -160,64 +175,81 @@ def train_char_baseline(cfg, train_rows, eval_rows, out):
     print(f"compare it with: python evaluate.py --variants base,{out}")
 
 
-def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
-    device, dtype = device_and_dtype(cfg)
+def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, world: distributed.World):
+    device, dtype = device_and_dtype(cfg, world)
+    settings = resumable(cfg, world)
     # Read and vetted before the model loads: a damaged or foreign checkpoint fails fast.
-    state = checkpoint.load_for_resume(out, resumable(cfg)) if resume else None
+    state = checkpoint.load_for_resume(out, settings) if resume else None
+    if world.distributed:
+        print(f"parallel: {world.describe()}; global batch {cfg.batch_size} x {world.size} ranks x "
+              f"{cfg.grad_accum} accumulation = {cfg.batch_size * world.size * cfg.grad_accum} examples")
 
     # -------------------------------------------------------------------- model + LoRA, data
-    folder, tokenizer, model = load_with_lora(cfg, device, dtype)
-    params = [p for p in model.parameters() if p.requires_grad]
-    train_ex, fstats = build_examples(train_rows, tokenizer, cfg.template, cfg.max_len)
+    # FSDP loads on the CPU and moves only each rank's shard to its GPU (fully_shard does the move),
+    # so no GPU ever holds the whole model.
+    load_device = torch.device("cpu") if cfg.parallel == "fsdp" else device
+    folder, tokenizer, model = load_with_lora(cfg, load_device, dtype, quiet=not world.is_main)
+    loss_module = distributed.wrap(TargetLoss(model), model, world, cfg.cpu_offload)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    train_ex, fstats = build_examples(train_rows, tokenizer, cfg.template, cfg.max_len, progress=world.is_main)
     eval_ex, _ = build_examples(eval_rows, tokenizer, cfg.template, cfg.max_len, progress=False)
     print(f"examples: {fstats.summary()}")
     pad_id = pad_id_for(tokenizer)
-    batcher = Batcher(train_ex, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=cfg.group_by_length)
+    batcher = Batcher(train_ex, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=cfg.group_by_length,
+                      rank=world.rank, world_size=world.size)
 
     # -------------------------------------------------------------------- optimizer + schedule
     optimizer = make_optimizer(cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
     # Mixed precision on GPU: compute in the base dtype; float16 needs loss scaling (T4 has no bf16).
     amp = device.type == "cuda" and dtype != torch.float32
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
+    scaler = make_scaler(cfg, world, enabled=amp and dtype == torch.float16)
 
-    evaluate = lambda: eval_loss(model, eval_batches(eval_ex, cfg.batch_size, pad_id), device, dtype, amp)  # noqa: E731
+    evaluate = lambda: eval_loss(loss_module, eval_batches(eval_ex, cfg.batch_size, pad_id,  # noqa: E731
+                                                           world.rank, world.size), device, dtype, amp, world)
 
     # -------------------------------------------------------------------- run folder, resume
     base = base_identity(folder, cfg.model)  # -> base_model.json: loading onto another base warns
-    write_adapter = partial(save_adapter, model, out, base_model=cfg.model or DEFAULT_MODEL_ID, identity=base)
-    save = lambda: checkpoint.save(out, checkpoint.snapshot(  # noqa: E731
-        step, resumable(cfg), history, model, optimizer, scheduler, scaler, batcher), write_adapter)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.remove_stale_tmp(out)  # a killed save's half-written files
+    write_adapter = lambda lora: save_adapter(model, out, base_model=cfg.model or DEFAULT_MODEL_ID,  # noqa: E731
+                                              identity=base, weights=lora)
+    run = checkpoint.Run(out, world, loss_module, optimizer, write_adapter)
+    save = lambda: run.save(checkpoint.snapshot(  # noqa: E731
+        step, settings, history, model, optimizer, scheduler, scaler, batcher, world))
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_stale_tmp(out)  # a killed save's half-written files
+    world.barrier()
     metrics_path, checkpoint_path = out / "metrics.jsonl", out / checkpoint.CHECKPOINT_NAME
     step, history = 0, []
     if resume:
-        step, history = checkpoint.resume(out, state, write_adapter, model, optimizer, scheduler, scaler, batcher)
-    _write_metrics(metrics_path, history)  # rewritten up to the resumed step: no duplicate lines
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        step, history = run.resume(state, model, scheduler, scaler, batcher)
+    if world.is_main:
+        _write_metrics(metrics_path, history)  # rewritten up to the resumed step: no duplicate lines
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    write_metrics = _write_metrics if world.is_main else lambda *a, **k: None
 
     # -------------------------------------------------------------------- the loop
-    model.train()
+    loss_module.train()
     if step == 0 and cfg.eval_every > 0:
         history.append({"step": 0, "eval_loss": evaluate()})
-        _write_metrics(metrics_path, history[-1:], append=True)
+        write_metrics(metrics_path, history[-1:], append=True)
         print(f"step 0: eval loss {history[-1]['eval_loss']:.4f}")
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True, disable=not world.is_main)
     with checkpoint.CtrlC(say=tqdm.write) as ctrl_c:  # Ctrl-C: finish the step, save, exit 130
         try:
             while step < cfg.max_steps:
                 t0 = time.perf_counter()
                 micro = [next(batcher) for _ in range(cfg.grad_accum)]
-                loss, n_targets, grad_norm = train_step(model, micro, params, optimizer, scaler, cfg.grad_clip,
-                                                        device, dtype, amp)
+                loss, n_targets, grad_norm = train_step(loss_module, micro, params, optimizer, scaler,
+                                                        cfg.grad_clip, device, dtype, amp, world)
                 if not math.isfinite(loss):
                     raise UserError(f"step {step + 1}: the loss is {loss}; stopping. The last good "
                                     f"checkpoint is {checkpoint_path} (try a lower --lr)")
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()
                 step += 1
-                # tokens/s counts the tokens the loss is taken on (answers), not the prompt or padding.
+                # tokens/s counts the tokens the loss is taken on (answers, over all ranks), not the
+                # prompt or padding.
                 record = {"step": step, "loss": round(loss, 5), "lr": lr, "grad_norm": round(grad_norm, 4),
                           "target_tokens": n_targets, "tokens_per_s": round(n_targets / (time.perf_counter() - t0), 1),
                           "epoch": round(batcher.epochs_done, 3)}
@@ -226,12 +258,12 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
                     bar.write(f"step {step}: eval loss {record['eval_loss']:.4f}")
                 history.append(record)
                 if step % cfg.log_every == 0 or "eval_loss" in record:
-                    _write_metrics(metrics_path, [record], append=True)
+                    write_metrics(metrics_path, [record], append=True)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
                 bar.update(1)
                 if (cfg.save_every > 0 and step % cfg.save_every == 0) or step == cfg.max_steps:
                     save()
-                if ctrl_c.pressed:
+                if world.any(ctrl_c.pressed):  # every rank stops after the same step
                     raise KeyboardInterrupt
         except KeyboardInterrupt:  # raised above, once the step in flight has finished
             bar.close()
@@ -239,24 +271,27 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool):
             print(f"\ninterrupted: saved step {step}; continue with --out {out} --resume", file=sys.stderr)
             sys.exit(130)
     bar.close()
-    finish(cfg, out, history, model, folder, dtype, step)
+    if world.is_main:
+        finish(cfg, out, history, model, folder, dtype, step, world)
 
 
-def device_and_dtype(cfg: TrainConfig) -> tuple[torch.device, torch.dtype]:
-    """--device auto: cuda when there is a GPU; --dtype auto: bf16 where the GPU has it, fp16 on
-    older GPUs (T4), fp32 on CPU (written back into cfg, so train_config.json says what ran)."""
-    device = torch.device(check_device(cfg.device))      # the one place "auto" is resolved
+def device_and_dtype(cfg: TrainConfig, world: distributed.World) -> tuple[torch.device, torch.dtype]:
+    """--device auto: cuda when there is a GPU (under torchrun: this rank's); --dtype auto: bf16
+    where the GPU has it, fp16 on older GPUs (T4), fp32 on CPU (written back into cfg, so
+    train_config.json says what ran)."""
+    # the one place "auto" is resolved (distributed.setup resolved it for each rank)
+    device = world.device if world.distributed else torch.device(check_device(cfg.device))
     if cfg.dtype == "auto":
         cfg.dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") \
             if device.type == "cuda" else "float32"
     return device, parse_dtype(cfg.dtype)
 
 
-def load_with_lora(cfg: TrainConfig, device, dtype):
+def load_with_lora(cfg: TrainConfig, device, dtype, quiet: bool = False):
     """(model folder, tokenizer, model with LoRA on cfg.targets; only LoRA trains)."""
-    folder = resolve_model_dir(cfg.model)
+    folder = resolve_model_dir(cfg.model, quiet=quiet)
     tokenizer = load_tokenizer(folder)
-    model = load_model(folder, dtype=dtype, device=device, quantize=cfg.quantize)
+    model = load_model(folder, dtype=dtype, device=device, quantize=cfg.quantize, quiet=quiet)
     torch.manual_seed(cfg.seed)  # LoRA's A matrices: the same init on every run with this seed
     counts = inject(model, LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.rslora, cfg.targets))
     print(f"model: {folder} ({'nf4' if cfg.quantize else cfg.dtype}) on {device}; {counts}")
@@ -274,6 +309,15 @@ def make_optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def make_scaler(cfg: TrainConfig, world: distributed.World, enabled: bool):
+    """float16's loss scaler. With FSDP each rank holds a shard of the gradients, so the check
+    for inf/NaN has to be agreed across ranks: ShardedGradScaler does that."""
+    if world.parallel == "fsdp":
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        return ShardedGradScaler("cuda", enabled=enabled)
+    return torch.amp.GradScaler("cuda", enabled=enabled)
+
+
 def lr_factor(cfg: TrainConfig, step: int) -> float:
     """The learning rate of optimizer step `step` (from 0), as a share of --lr: linear warmup
     from 0, then linear or cosine decay to 0 at --max-steps, or constant."""
@@ -287,30 +331,33 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return 1.0
 
 
-def batch_nll(model, batch, device, dtype, amp) -> tuple[torch.Tensor, int]:
+def batch_nll(loss_module, batch, device, dtype, amp) -> tuple[torch.Tensor, int]:
     """(summed next-token loss over the batch's target tokens, their number)."""
     x, y = batch["input_ids"].to(device), batch["labels"].to(device)       # (B, T) each
     with torch.autocast(device.type, dtype=dtype, enabled=amp):
-        return target_nll(model, x, y)
+        return loss_module(x, y)
 
 
-def train_step(model, micro: list[dict], params, optimizer, scaler, grad_clip: float,
-               device, dtype, amp) -> tuple[float, int, float]:
+def train_step(loss_module, micro: list[dict], params, optimizer, scaler, grad_clip: float,
+               device, dtype, amp, world: distributed.World = distributed.World()) -> tuple[float, int, float]:
     """One optimizer step over the micro-batches; returns (mean loss per target token, target
-    tokens, gradient norm before clipping)."""
-    n_targets = sum(count_targets(b["labels"]) for b in micro)  # over the whole step
+    tokens, gradient norm before clipping), all over every rank's share of the global batch."""
+    n_targets = int(world.sum(sum(count_targets(b["labels"]) for b in micro))[0])  # the whole global step
     step_nll = 0.0
-    for batch in micro:
-        nll, _ = batch_nll(model, batch, device, dtype, amp)
-        # Sum over tokens / tokens in the whole accumulated batch: every target token weighs
-        # the same, however the step was split into micro-batches.
-        scaler.scale(nll / n_targets).backward()
+    for i, batch in enumerate(micro):
+        # Gradients travel between ranks only on the step's last micro-batch.
+        with distributed.gradient_sync(loss_module, world, sync=i == len(micro) - 1):
+            nll, _ = batch_nll(loss_module, batch, device, dtype, amp)
+            # Sum over tokens / tokens in the whole global batch: every target token weighs the
+            # same, however the step was split into micro-batches and ranks.
+            scaler.scale(nll * distributed.loss_scale(world) / n_targets).backward()
         step_nll += nll.item()
-    loss = step_nll / n_targets
+    loss = world.sum(step_nll)[0] / n_targets
     if not math.isfinite(loss):
         return loss, n_targets, float("nan")     # the caller stops; nothing is stepped
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    grad_norm = distributed.full_tensor(grad_norm)   # FSDP: the norm over all shards
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -318,19 +365,21 @@ def train_step(model, micro: list[dict], params, optimizer, scaler, grad_clip: f
 
 
 @torch.no_grad()
-def eval_loss(model, batches, device, dtype, amp) -> float:
-    """Mean next-token loss per target token over the evaluation batches."""
-    model.eval()
+def eval_loss(loss_module, batches, device, dtype, amp, world: distributed.World = distributed.World()) -> float:
+    """Mean next-token loss per target token over the evaluation batches (of all ranks)."""
+    loss_module.eval()
     total, n = 0.0, 0
     for batch in batches:
-        nll, k = batch_nll(model, batch, device, dtype, amp)
+        nll, k = batch_nll(loss_module, batch, device, dtype, amp)
         total, n = total + float(nll), n + k
-    model.train()
+    loss_module.train()
+    total, n = world.sum(total, n)
     return total / max(n, 1)
 
 
-def finish(cfg: TrainConfig, out: Path, history: list[dict], model, folder: Path, dtype, step: int):
-    """The loss plot, the merged model if asked for, and the closing lines."""
+def finish(cfg: TrainConfig, out: Path, history: list[dict], model, folder: Path, dtype, step: int,
+           world: distributed.World = distributed.World()):
+    """The loss plot, the merged model if asked for, and the closing lines (rank 0 only)."""
     plot_losses(history, out / "loss.png")
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     if len(evals) > 1:
@@ -338,6 +387,8 @@ def finish(cfg: TrainConfig, out: Path, history: list[dict], model, folder: Path
     elif evals:
         print(f"eval loss: {evals[0]:.4f}")
     if cfg.merge:
+        if world.distributed:  # the model is sharded or wrapped: merge the saved adapter into a fresh base
+            model = load_model(folder, dtype=dtype, quantize=cfg.quantize, adapter=out, quiet=True)
         save_merged(model, out / "merged", source_dir=folder, dtype=dtype)
     print_outputs(out, [("adapter", "adapter_model.safetensors"), ("adapter", "adapter_config.json"),
                         ("base model", "base_model.json"), ("loss plot", "loss.png"),
@@ -348,10 +399,15 @@ def finish(cfg: TrainConfig, out: Path, history: list[dict], model, folder: Path
     print(f"train further: the same flags plus --resume --max-steps N (N > {step})")
 
 
-def resumable(cfg: TrainConfig) -> dict:
-    """Settings that must not change across --resume (max_steps, eval/save cadence may)."""
-    free = {"max_steps", "eval_every", "save_every", "log_every", "merge", "device", "out", "strict"}
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
+def resumable(cfg: TrainConfig, world: distributed.World = distributed.World()) -> dict:
+    """Settings that must not change across --resume (max_steps, eval/save cadence may). The
+    batch is the global one (--batch-size x ranks), so a run can resume on another number of
+    ranks with the same global batch."""
+    free = {"max_steps", "eval_every", "save_every", "log_every", "merge", "device", "out", "strict",
+            "parallel", "cpu_offload", "dist_timeout"}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
+    settings["batch_size"] = cfg.batch_size * world.size
+    return settings
 
 
 def print_outputs(out: Path, files: list[tuple[str, str]]):

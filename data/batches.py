@@ -18,6 +18,13 @@ out-of-memory error shows up at the first step rather than hours in.
 Batcher order is a pure function of (seed, epoch): the position in the stream is just
 (epoch, index), which is all a checkpoint needs to resume on exactly the batches an
 uninterrupted run would have seen.
+
+Under torchrun (N ranks) the stream is one of global batches of N x batch_size examples, the
+same on every rank, and each rank pads and returns only its own contiguous share of each
+(rank_share). The shares are disjoint and together are the global batch, so N ranks see the
+examples one process with --batch-size N x b would see, in the same steps. A short last batch
+can leave a rank nothing; it then gets one padding-only row (no targets, so no loss and a zero
+gradient), because every rank must still take part in the step's collectives.
 """
 
 import random
@@ -70,6 +77,26 @@ def length_grouped_batches(lengths: list[int], batch_size: int,
     return batches
 
 
+def rank_share(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """Rank `rank`'s contiguous share of a global batch: sizes differ by at most one, the
+    first ranks take the extra examples, and the shares in rank order are `indices`."""
+    base, extra = divmod(len(indices), world_size)
+    start = rank * base + min(rank, extra)
+    return indices[start:start + base + (1 if rank < extra else 0)]
+
+
+def padding_only(pad_id: int) -> Example:
+    """A row with no targets: what a rank gets when a short global batch leaves it nothing."""
+    return Example(input_ids=[pad_id, pad_id], labels=[IGNORE_INDEX, IGNORE_INDEX])
+
+
+def shard_batch(examples: list[Example], indices: list[int], pad_id: int, rank: int = 0,
+                world_size: int = 1) -> dict[str, torch.Tensor]:
+    """This rank's padded share of the global batch `indices` (the whole batch on one rank)."""
+    mine = [examples[i] for i in rank_share(indices, rank, world_size)]
+    return pad_batch(mine or [padding_only(pad_id)], pad_id)
+
+
 class Batcher:
     """Training micro-batches forever, epoch after epoch, in an order fixed by (seed, epoch).
 
@@ -77,16 +104,20 @@ class Batcher:
         batch = next(batcher)                  # {"input_ids": (B, T), "labels": (B, T)}
         state = batcher.state_dict()           # store in the checkpoint
         batcher.load_state_dict(state)         # ... and the stream continues where it stopped
+
+    With rank and world_size (torchrun), batch_size is per rank: the stream is cut into global
+    batches of world_size * batch_size and each rank gets its share (module docstring).
     """
 
     def __init__(self, examples: list[Example], batch_size: int, pad_id: int, seed: int = 3407,
-                 shuffle: bool = True, group_by_length: bool = False):
+                 shuffle: bool = True, group_by_length: bool = False, rank: int = 0, world_size: int = 1):
         if not examples:
             raise UserError("there are no training examples; check --data.")
         if batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
         self.examples = examples
-        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.batch_size = batch_size * world_size   # the global batch: the stream's unit
         self.pad_id = pad_id
         self.seed = seed
         self.shuffle = shuffle
@@ -124,7 +155,7 @@ class Batcher:
         if self.index == len(self._batches):  # epoch finished: the position moves on now
             self.epoch, self.index = self.epoch + 1, 0
             self._batches = self.epoch_batches(self.epoch)
-        return pad_batch([self.examples[i] for i in indices], self.pad_id)
+        return shard_batch(self.examples, indices, self.pad_id, self.rank, self.world_size)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed,
@@ -139,7 +170,7 @@ class Batcher:
             if key in state and state[key] != mine[key]:
                 raise UserError(f"the checkpoint's data position was saved with {key}="
                                 f"{state[key]} but this run has {mine[key]}; resume with the same "
-                                "--data, --max-len, --batch-size and --seed.")
+                                "--data, --max-len, --seed and global batch (--batch-size x ranks).")
         if not 0 <= state["index"] < len(self):
             raise UserError(f"the checkpoint's data position (batch {state['index']}) is past the "
                             f"{len(self)} batches of an epoch; resume with the data it was saved "
@@ -148,7 +179,10 @@ class Batcher:
         self._batches = self.epoch_batches(self.epoch)
 
 
-def eval_batches(examples: list[Example], batch_size: int, pad_id: int):
-    """Padded batches of `examples` in their order, each example exactly once."""
-    for start in range(0, len(examples), batch_size):
-        yield pad_batch(examples[start:start + batch_size], pad_id)
+def eval_batches(examples: list[Example], batch_size: int, pad_id: int, rank: int = 0, world_size: int = 1):
+    """Padded batches of `examples` in their order, each example exactly once (over all ranks:
+    each rank gets its share of every global batch of world_size * batch_size)."""
+    step = batch_size * world_size
+    for start in range(0, len(examples), step):
+        yield shard_batch(examples, list(range(start, min(start + step, len(examples)))), pad_id,
+                          rank, world_size)

@@ -40,16 +40,19 @@ def _peft_key(module_name: str, which: str) -> str:
 
 
 def save_adapter(model, folder: str | os.PathLike, base_model: str | None = None,
-                 identity: dict | None = None):
+                 identity: dict | None = None, weights: dict | None = None):
     """Writes adapter_config.json + adapter_model.safetensors (atomically, file by file), and
-    base_model.json when given the base's identity (model.checkpoint.identity.base_identity)."""
+    base_model.json when given the base's identity (model.checkpoint.identity.base_identity).
+    `weights` (LoRA tensors by parameter name, e.g. gathered from FSDP's shards) replaces the
+    model's own tensors."""
     cfg: LoRAConfig = model.lora_config
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, m in lora_modules(model).items():
-        tensors[_peft_key(name, "lora_A")] = m.lora_A.detach().float().cpu().contiguous()
-        tensors[_peft_key(name, "lora_B")] = m.lora_B.detach().float().cpu().contiguous()
+        for part in ("lora_A", "lora_B"):
+            t = weights[f"{name}.{part}"] if weights is not None else getattr(m, part)
+            tensors[_peft_key(name, part)] = t.detach().float().cpu().contiguous()
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,

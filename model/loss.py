@@ -13,6 +13,7 @@ vocabulary matmul and holds at most CHUNK_LOGITS logits at a time (Llama-3: 523 
 """
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
@@ -61,3 +62,15 @@ def chunk_nll(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def count_targets(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+class TargetLoss(nn.Module):
+    """target_nll as a module, wrapping the model: forward(input_ids, labels) -> (summed loss,
+    number of targets). DDP and FSDP hook into a module's call, so this is what they wrap."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return target_nll(self.model, input_ids, labels)

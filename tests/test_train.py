@@ -227,7 +227,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_
         calls["n"] += m.training  # training steps only; evaluation runs in eval mode
         return (nll * float("nan") if m.training and calls["n"] == 3 else nll), n
 
-    monkeypatch.setattr(train, "target_nll", poisoned)     # the name train.py's loop calls
+    monkeypatch.setattr(model.loss, "target_nll", poisoned)   # what TargetLoss, which the loop calls, calls
     out = tmp_path / "run"
     with pytest.raises(UserError, match="loss is nan.*checkpoint"):
         train.main(_args(tiny_dir, rows_file, out, "--max-steps", "6"))

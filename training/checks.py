@@ -20,6 +20,7 @@ CHOICES = {
     "lr_schedule": ("linear", "cosine", "constant"),
     "quantize": (None, "nf4"),          # parse_args has turned "none" into None
     "dtype": ("float32", "bfloat16", "float16", "auto", "fp32", "bf16", "fp16"),
+    "parallel": ("none", "ddp", "fsdp"),
 }
 
 # (lowest, highest, lowest allowed itself, highest allowed itself); None: no bound.
@@ -32,7 +33,7 @@ RANGES = {
     "grad_clip": (0, None, True, None), "eval_fraction": (0, 1, False, False),
     "eval_every": (0, None, True, None), "save_every": (0, None, True, None),
     "log_every": (1, None, True, None), "char_steps": (1, None, True, None),
-    "char_hidden": (1, None, True, None),
+    "char_hidden": (1, None, True, None), "dist_timeout": (0, None, False, None),
 }
 
 
@@ -63,6 +64,13 @@ def check_config(cfg, resume: bool) -> None:
             raise UserError(f"--targets {t}: not a linear of the model; choose from "
                             f"{','.join(DEFAULT_TARGETS)} (or {','.join(SHORT_NAMES)})")
     check_device(cfg.device)
+    if cfg.cpu_offload and cfg.parallel != "fsdp":
+        raise UserError("--cpu-offload: only with --parallel fsdp (it offloads FSDP's shards)")
+    if cfg.parallel == "fsdp" and cfg.optim == "adamw8bit":
+        raise UserError("--optim adamw8bit: not with --parallel fsdp (bitsandbytes' optimizer cannot step "
+                        "sharded parameters; FSDP already splits AdamW's state across ranks); use --optim adamw")
+    if cfg.parallel != "none" and cfg.arch != "llama":
+        raise UserError(f"--parallel {cfg.parallel}: the {cfg.arch} baseline trains in one process; drop it")
     if cfg.optim == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("--optim adamw8bit needs bitsandbytes (pip install bitsandbytes), or use --optim adamw")
 

@@ -145,6 +145,11 @@ def main(argv=None):
     world = distributed.setup(cfg.parallel, cfg.device, cfg.dist_timeout)  # torchrun's ranks, if any
     try:
         run(cfg, resume, out, world)
+    except RuntimeError as e:
+        if world.distributed and distributed.lost_a_rank(e):
+            raise UserError(f"rank {world.rank}: lost contact with another rank ({distributed.first_line(e)}); "
+                            f"see that rank's messages, then resume with --out {out} --resume") from None
+        raise
     finally:
         distributed.teardown(world)
 

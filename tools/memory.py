@@ -38,6 +38,25 @@ repository's implementation:
   workspace    one dequantized weight (the largest linear, compute dtype) at a time, as
                bitsandbytes' kernel makes it; the plain PyTorch path needs ~15 bytes per weight.
   CUDA context ~0.5 GiB that the driver, CUDA runtime and cuBLAS take before any tensor.
+
+Several GPUs: --nproc N ranks with --parallel ddp or fsdp, as train.py under torchrun runs them
+(training/distributed.py). Every figure is per GPU; --batch-size is per rank, so activations,
+logits, workspace and CUDA context are the same on every rank as in one process.
+  ddp          every rank holds a full replica of all of the above, plus DDP's gradient buckets:
+               one more float32 copy of the LoRA gradients.
+  fsdp         FSDP2 (fully_shard) on each block, then on the root, which holds the embedding,
+               the final norm and lm_head. Sharded, 1/N on each rank: the NF4 4-bit values, their
+               absmax and double quant, the embeddings/norms/lm_head, the LoRA parameters, their
+               gradients and the optimizer state (torch AdamW only: bitsandbytes' 8-bit AdamW is
+               refused). Gathered in full at once: the root, in the compute dtype (the root is not
+               resharded after forward, so it stays gathered for the whole step), and two blocks
+               (the one computing, the next one prefetched), each its NF4 bytes, its two norms and
+               its LoRA parameters; in backward also one block's float32 LoRA gradients before
+               their reduce-scatter. Ignored: per-tensor rounding of the shards, and the 1.1 KB NF4
+               code per matrix, which stays whole on every rank but is counted as sharded.
+  --cpu-offload  (fsdp only; FSDP2's CPUOffloadPolicy) the sharded parts live in CPU RAM: the GPU
+               keeps the gathered parts, activations, logits, workspace and context. The CPU RAM
+               each rank needs is printed after the GPU total, not in it.
 """
 
 import argparse
@@ -59,6 +78,8 @@ NF4_BLOCK, NESTED_BLOCK = 64, 256
 CODE_BYTES = 16 * 4 + 256 * 4 + 4   # NF4 code, dynamic map and offset stored with each matrix
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 OPTIMIZER_BYTES = {"adamw8bit": 2, "adamw": 8}     # per trainable parameter
+PARALLEL = ("none", "ddp", "fsdp")     # train.py's --parallel
+FSDP_GATHERED_BLOCKS = 2               # the block computing and the next one, prefetched
 TARGETS = tuple(SHORT_NAMES)           # q, k, v, o, gate, up, down: lora/inject.py's short names
 LORA_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))   # linears fed the same input
 
@@ -77,6 +98,9 @@ _LLAMA32_1B = {**_LLAMA31_8B, "hidden_size": 2048, "num_hidden_layers": 16, "int
                "rope_scaling": {**_LLAMA31_SCALING, "factor": 32.0}}
 _LLAMA32_3B = {**_LLAMA32_1B, "hidden_size": 3072, "num_hidden_layers": 28,
                "num_attention_heads": 24, "head_dim": 128}
+_LLAMA3_70B = {**_LLAMA3_8B, "hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,
+               "intermediate_size": 28672}
+_LLAMA31_70B = {**_LLAMA3_70B, "max_position_embeddings": 131072, "rope_scaling": _LLAMA31_SCALING}
 _INSTRUCT_EOS = {"eos_token_id": [128001, 128008, 128009]}
 
 BUILTIN_CONFIGS = {
@@ -89,6 +113,10 @@ BUILTIN_CONFIGS = {
     "meta-llama/Llama-3.2-1B-Instruct": {**_LLAMA32_1B, **_INSTRUCT_EOS},
     "meta-llama/Llama-3.2-3B": _LLAMA32_3B,
     "meta-llama/Llama-3.2-3B-Instruct": {**_LLAMA32_3B, **_INSTRUCT_EOS},
+    "meta-llama/Meta-Llama-3-70B": _LLAMA3_70B,
+    "meta-llama/Meta-Llama-3-70B-Instruct": {**_LLAMA3_70B, "eos_token_id": 128009},
+    "meta-llama/Llama-3.1-70B": _LLAMA31_70B,
+    "meta-llama/Llama-3.1-70B-Instruct": {**_LLAMA31_70B, **_INSTRUCT_EOS},
 }
 
 
@@ -126,6 +154,9 @@ class MemoryPlanArgs:
     optim: str = "adamw8bit"               # "adamw8bit" or "adamw"
     dtype: str = "bfloat16"                # compute dtype of activations and unquantized weights
     gpu_gib: float = T4_USABLE_GIB
+    nproc: int = 1                         # ranks (GPUs) in the run
+    parallel: str = "none"                 # "none", "ddp" or "fsdp"
+    cpu_offload: bool = False              # FSDP only: the shards live in CPU RAM
 
 
 @dataclass
@@ -133,8 +164,9 @@ class MemoryPlan:
     linear_params: int                     # weights of the linears inside the blocks
     other_params: int                      # embedding, norms, lm_head
     lora_params: int
-    parts: dict[str, int] = field(default_factory=dict)   # name -> bytes, in print order
+    parts: dict[str, int] = field(default_factory=dict)   # name -> bytes per GPU, in print order
     budget: int = 0                        # usable GPU bytes
+    offloaded: dict[str, int] = field(default_factory=dict)   # name -> bytes of CPU RAM per rank
 
     @property
     def total_params(self) -> int:
@@ -143,6 +175,10 @@ class MemoryPlan:
     @property
     def total(self) -> int:
         return sum(self.parts.values())
+
+    @property
+    def offloaded_total(self) -> int:
+        return sum(self.offloaded.values())
 
     @property
     def fits(self) -> bool:
@@ -195,16 +231,49 @@ def activation_bytes_per_token_block(config: LlamaConfig, args: MemoryPlanArgs) 
     return norms + attention + swiglu + lora
 
 
+def fsdp_gathered(config: LlamaConfig, args: MemoryPlanArgs) -> dict[str, int]:
+    """Bytes FSDP holds unsharded on every rank at the same time (module docstring)."""
+    a, shapes = DTYPE_BYTES[args.dtype], linear_shapes(config)
+    root = (config.vocab_size * (1 if config.tie_word_embeddings else 2) + 1) * config.dim * a
+    if args.quantize == "nf4":
+        block_weights = sum(nf4_bytes(i * o) for i, o in shapes.values())
+    else:
+        block_weights = sum(i * o for i, o in shapes.values()) * a
+    block_lora = sum(args.lora_r * (shapes[t][0] + shapes[t][1]) for t in args.lora_targets)
+    block = block_weights + 2 * config.dim * a + block_lora * 4        # + its two RMSNorm vectors
+    n = min(FSDP_GATHERED_BLOCKS, config.n_layers)
+    return {"gathered: root (embedding, norm, lm_head)": root,
+            f"gathered: {n} block{'s' if n > 1 else ''}": n * block,
+            "unsharded: 1 block's LoRA gradients (float32)": block_lora * 4}
+
+
+def check_parallel(args: MemoryPlanArgs):
+    """The combinations train.py accepts, refused here with the same flags named."""
+    if args.parallel not in PARALLEL:
+        raise UserError(f"--parallel {args.parallel}: choose {', '.join(PARALLEL)}")
+    if args.nproc > 1 and args.parallel == "none":
+        raise UserError(f"--nproc {args.nproc} with --parallel none: one process uses one GPU; "
+                        "add --parallel ddp or --parallel fsdp")
+    if args.cpu_offload and args.parallel != "fsdp":
+        raise UserError(f"--cpu-offload with --parallel {args.parallel}: offloading is FSDP's; "
+                        "add --parallel fsdp or drop --cpu-offload")
+    if args.parallel == "fsdp" and args.optim != "adamw":
+        raise UserError(f"--optim {args.optim} with --parallel fsdp: FSDP trains with torch AdamW only "
+                        "(bitsandbytes' 8-bit AdamW does not step sharded parameters); use --optim adamw")
+
+
 def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
     parse_quantize(args.quantize, allowed=TRAIN_QUANTIZE)   # a training plan: none or nf4
     if args.optim not in OPTIMIZER_BYTES:
         raise UserError(f"--optim {args.optim}: choose {' or '.join(OPTIMIZER_BYTES)}")
     if args.dtype not in DTYPE_BYTES:
         raise UserError(f"--dtype {args.dtype}: choose {', '.join(DTYPE_BYTES)}")
-    sizes = {"--lora-r": args.lora_r, "--seq-len": args.seq_len, "--batch-size": args.batch_size}
+    sizes = {"--lora-r": args.lora_r, "--seq-len": args.seq_len, "--batch-size": args.batch_size,
+             "--nproc": args.nproc}
     for flag, value in sizes.items():
         if value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
+    check_parallel(args)
     a, L = DTYPE_BYTES[args.dtype], config.n_layers
     shapes = linear_shapes(config)
 
@@ -231,23 +300,56 @@ def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
     targets = args.batch_size * max(args.seq_len - 1, 1)
     largest = max(i * o for i, o in shapes.values())
 
-    parts = {
+    # What one process keeps for the whole run: DDP replicates it, FSDP shards exactly this.
+    state = {
         **weights,
         f"embeddings, norms, lm_head ({args.dtype})": other_params * a,
         "LoRA parameters (float32)": lora_params * 4,
         "LoRA gradients (float32)": lora_params * 4,
         f"optimizer state ({args.optim})": lora_params * OPTIMIZER_BYTES[args.optim],
+    }
+    # What each rank's own micro-batch and GPU need, however the state is spread.
+    per_rank = {
         "activations" + (" (checkpointed)" if args.grad_checkpointing else ""): activations,
         "logits and loss": min(targets, chunk_rows(config.vocab_size)) * config.vocab_size * (a + 4 + 4),
         "dequantize workspace": largest * a if args.quantize == "nf4" else 0,
         "CUDA context": int(CUDA_CONTEXT_GIB * GIB),
     }
-    return MemoryPlan(linear_params, other_params, lora_params, parts, int(args.gpu_gib * GIB))
+    extra, offloaded = {}, {}
+    if args.parallel == "ddp":
+        extra = {"DDP gradient buckets (float32)": lora_params * 4}
+    elif args.parallel == "fsdp":
+        n = args.nproc
+        state = {f"sharded: {part} (1/{n})": -(-size // n) for part, size in state.items()}   # ceil
+        extra = fsdp_gathered(config, args)
+        if args.cpu_offload:
+            state, offloaded = {}, state
+    parts = {**state, **extra, **per_rank}
+    return MemoryPlan(linear_params, other_params, lora_params, parts, int(args.gpu_gib * GIB), offloaded)
 
 
 # ----------------------------------------------------------------------------- the report
+def describe_ranks(args: MemoryPlanArgs) -> str:
+    """The header line of a --parallel plan: what each GPU holds."""
+    n = args.nproc
+    ranks = f"per GPU, {n} rank{'s' if n > 1 else ''}"
+    if args.parallel == "ddp":
+        return f"{ranks}, DDP (each rank holds a full replica, plus DDP's gradient buckets)"
+    where = ", in CPU RAM" if args.cpu_offload else ""
+    return f"{ranks}, FSDP (each rank holds 1/{n} of the sharded state{where})"
+
+
+def gpu_words(args: MemoryPlanArgs) -> str:
+    if args.gpu_gib == T4_USABLE_GIB:   # the default, the card this project's recipes target
+        gpu = f"a 16 GB T4 ({args.gpu_gib:.1f} GiB usable)"
+    else:
+        gpu = f"one {args.gpu_gib:.1f} GiB GPU"
+    return gpu + (" per rank" if args.nproc > 1 else "")
+
+
 def report(plan: MemoryPlan, config: LlamaConfig, args: MemoryPlanArgs, name: str, source: str) -> str:
     gib = lambda b: f"{b / GIB:8.2f}"  # noqa: E731
+    width = max(40, *(len(part) + 2 for part in plan.parts))
     lines = [
         f"Memory plan for {name} ({source})",
         f"  {config.n_layers} blocks, dim {config.dim}, {config.n_heads} heads ({config.n_kv_heads} kv), "
@@ -256,6 +358,8 @@ def report(plan: MemoryPlan, config: LlamaConfig, args: MemoryPlanArgs, name: st
         f"  {'NF4' if args.quantize == 'nf4' else 'unquantized'} base, LoRA r={args.lora_r} "
         f"on {','.join(args.lora_targets)}, {args.optim}, batch {args.batch_size} x {args.seq_len} tokens, "
         f"{args.dtype}, gradient checkpointing {'on' if args.grad_checkpointing else 'off'}",
+        *([f"  {describe_ranks(args)}; batch {args.batch_size} x {args.seq_len} on each rank"]
+          if args.parallel != "none" else []),
         "",
         "Parameters",
         f"  {'linears inside the blocks':34s}{plan.linear_params:>16,}",
@@ -264,18 +368,27 @@ def report(plan: MemoryPlan, config: LlamaConfig, args: MemoryPlanArgs, name: st
         f"  {'LoRA (trainable)':34s}{plan.lora_params:>16,}   "
         f"({100 * plan.lora_params / plan.total_params:.2f}% of the total)",
         "",
-        f"Memory {'':36s}GiB",
+        f"{'Memory per GPU' if args.parallel != 'none' else 'Memory':{width + 7}s}GiB",
     ]
-    lines += [f"  {part:40s}{gib(size)}" for part, size in plan.parts.items()]
-    lines.append(f"  {'total':40s}{gib(plan.total)}")
+    lines += [f"  {part:{width}s}{gib(size)}" for part, size in plan.parts.items()]
+    lines.append(f"  {'total':{width}s}{gib(plan.total)}")
+    if plan.offloaded:
+        lines.append(f"  {'CPU RAM per rank (offloaded shards)':{width}s}{gib(plan.offloaded_total)}"
+                     "   (not on the GPU)")
     lines.append("")
     big = ", ".join(f"{p} {plan.parts[p] / GIB:.1f} GiB" for p in plan.dominant())
     verdict = "fits" if plan.fits else "does NOT fit"
-    lines.append(f"Verdict: {verdict} a 16 GB T4 ({args.gpu_gib:.1f} GiB usable); largest parts: {big}.")
+    lines.append(f"Verdict: {verdict} {gpu_words(args)}; largest parts: {big}.")
     if not plan.fits:
         if not args.grad_checkpointing:
             lines.append("  Try --grad-checkpointing: it keeps one block's activations, not all of them.")
         lines.append("  A smaller --batch-size or --seq-len shrinks activations and logits in proportion.")
+        if args.parallel == "ddp":
+            lines.append("  --parallel fsdp shards what DDP replicates: weights, LoRA state, optimizer state.")
+        if args.parallel == "fsdp" and not args.cpu_offload:
+            sharded = sum(size for part, size in plan.parts.items() if part.startswith("sharded: "))
+            lines.append(f"  --cpu-offload moves the sharded parts ({sharded / GIB:.1f} GiB) to CPU RAM; "
+                         "a larger --nproc divides them.")
     return "\n".join(lines)
 
 
@@ -290,7 +403,13 @@ HELP = {
     "grad_checkpointing": "recompute each block in backward instead of keeping its activations",
     "optim": "adamw8bit: 2 bytes of optimizer state per trainable number; adamw: 8 bytes",
     "dtype": "compute dtype of activations and of the unquantized weights",
-    "gpu_gib": "usable GPU memory to compare against, GiB (a 16 GB T4 offers 15.0)",
+    "gpu_gib": "usable GPU memory per GPU to compare against, GiB (a 16 GB T4 offers 15.0, a 24 GB "
+               "card about 23.6: 23.5 leaves a margin)",
+    "nproc": "GPUs (ranks) in the run, as torchrun --nproc_per_node; figures are per GPU",
+    "parallel": "none: one process; ddp: a full replica on every rank; fsdp: weights, LoRA state "
+                "and optimizer state sharded across the ranks (FSDP2), with --optim adamw",
+    "cpu_offload": "with --parallel fsdp: the shards, their gradients and AdamW's state live in CPU "
+                   "RAM; the GPU keeps only what is gathered and the per-step working set",
 }
 
 
@@ -307,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optim", default="adamw8bit", choices=tuple(OPTIMIZER_BYTES), help=HELP["optim"])
     p.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPE_BYTES), help=HELP["dtype"])
     p.add_argument("--gpu-gib", type=float, default=T4_USABLE_GIB, help=HELP["gpu_gib"])
+    p.add_argument("--nproc", type=int, default=1, help=HELP["nproc"])
+    p.add_argument("--parallel", default="none", choices=PARALLEL, help=HELP["parallel"])
+    p.add_argument("--cpu-offload", action="store_true", help=HELP["cpu_offload"])
     return p
 
 
@@ -315,7 +437,8 @@ def main(argv=None) -> int:
     config, source = load_config(a.model)
     args = MemoryPlanArgs(quantize=a.quantize, lora_r=a.lora_r, lora_targets=parse_targets(a.lora_targets),
                           seq_len=a.seq_len, batch_size=a.batch_size, grad_checkpointing=a.grad_checkpointing,
-                          optim=a.optim, dtype=a.dtype, gpu_gib=a.gpu_gib)
+                          optim=a.optim, dtype=a.dtype, gpu_gib=a.gpu_gib,
+                          nproc=a.nproc, parallel=a.parallel, cpu_offload=a.cpu_offload)
     plan = estimate(config, args)
     print(report(plan, config, args, a.model, source))
     return 0

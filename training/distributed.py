@@ -130,6 +130,19 @@ def _stopped_by_torchrun(rank: int):
     return handler
 
 
+def lost_a_rank(error: BaseException) -> bool:
+    """Whether an error from a collective means another rank died or stopped answering."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(
+        k in text for k in ("closed by peer", "connection reset", "timed out", "timeout", "nccl", "gloo"))
+
+
+def first_line(error: BaseException) -> str:
+    """The part of a gloo/nccl message a person needs: its first line, without the source path."""
+    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return line.split("] ", 1)[-1].split(". This is typically", 1)[0][:200]
+
+
 def teardown(world: World):
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
@@ -209,4 +222,5 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 def local_bytes(tensors) -> int:
     """Bytes this rank holds of `tensors` (its shard, for FSDP's DTensors)."""
-    return sum((t.to_local() if hasattr(t, "to_local") else t).untyped_storage().nbytes() for t in tensors)
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    return sum(t.numel() * t.element_size() for t in local)

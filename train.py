@@ -228,6 +228,10 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, 
     step, history = 0, []
     if resume:
         step, history = run.resume(state, model, scheduler, scaler, batcher)
+        # The saved learning rate was set by the old --max-steps; the next step follows this run's.
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if world.is_main:
         _write_metrics(metrics_path, history)  # rewritten up to the resumed step: no duplicate lines
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))

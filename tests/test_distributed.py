@@ -256,3 +256,17 @@ def _rank_pid(agent_pid: int, rank: int) -> int | None:
         if f"RANK={rank}".encode() in environ:
             return int(pid)
     return None
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_on_two_fsdp_ranks(tiny_dir, rows_file, tmp_path):
+    """Also: a run trained further with a higher --max-steps follows the new schedule from its
+    next step (the saved learning rate was the old schedule's)."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train.main(_args(tiny_dir, rows_file, whole, 4, "--max-steps", "4"))
+    train.main(_args(tiny_dir, rows_file, cut, 4, "--max-steps", "2"))
+    r = _torchrun(_args(tiny_dir, rows_file, cut, 2, "--max-steps", "4", "--parallel", "fsdp", "--resume"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed at step 2" in r.stdout
+    _same_curve(_curve(cut), _curve(whole))
+    assert _max_diff(cut, whole) < 1e-5

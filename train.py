@@ -231,7 +231,6 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, 
         # The saved learning rate was set by the old --max-steps; the next step follows this run's.
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, scheduler.last_epoch)
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if world.is_main:
         _write_metrics(metrics_path, history)  # rewritten up to the resumed step: no duplicate lines
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -254,7 +253,7 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, 
                 if not math.isfinite(loss):
                     raise UserError(f"step {step + 1}: the loss is {loss}; stopping. The last good "
                                     f"checkpoint is {checkpoint_path} (try a lower --lr)")
-                lr = scheduler.get_last_lr()[0]
+                lr = optimizer.param_groups[0]["lr"]   # the rate this step used
                 scheduler.step()
                 step += 1
                 # tokens/s counts the tokens the loss is taken on (answers, over all ranks), not the

@@ -4,7 +4,7 @@ peak memory of every rank, and whether the adapters agree.
     python bench/bench_distributed.py                              # CPU: 2 warm-up + 6 timed steps
     python bench/bench_distributed.py --steps 3 --warmup 1 --max-len 128      # the short version
     python bench/bench_distributed.py --gpu --model DIR --nproc 4 --batch-size 4 \\
-        --train-args "--grad-checkpointing"                        # N GPUs (see --gpu below)
+        --train-args="--grad-checkpointing"                       # N GPUs (see --gpu below)
 
 What runs: each variant is a fresh train.py run in its own process(es), with a fresh temporary
 --out, on the same global batch of N x B examples (N = --nproc, B = --batch-size per rank):
@@ -38,7 +38,8 @@ How the numbers are taken:
               the rank (env RANK). VmHWM belongs to the process's own address space. getrusage's
               ru_maxrss is not used: Linux carries the parent's high-water mark into a child
               across fork + exec, so every rank would report at least the RSS of torchrun's
-              agent (or of this script) at launch. Pages of the memory-mapped checkpoint count in
+              agent (or of this script) at launch (a child of a 400 MiB Python process reports
+              ru_maxrss 413 MiB and VmHWM 13 MiB). Pages of the memory-mapped checkpoint count in
               every rank that touched them, though the page cache holds them once, so the sum
               over ranks can overstate what the machine needed. torchrun's agent (one more Python
               process) is not counted.
@@ -47,17 +48,23 @@ How the numbers are taken:
               handed out, and what it held from the driver. The CUDA context and NCCL's buffers
               are outside both.
   same work   adapter_model.safetensors of every variant against the first variant's (normally
-              one): the largest absolute difference over all tensors. In float32 they agree to
-              about 1e-5, because every rank divides its summed loss by the target count of the
-              whole global step. The per-step losses are compared too (metrics.jsonl rounds them
-              to 5 decimals), and the per-step target tokens must be identical.
+              one): the largest absolute difference over all tensors, and how many elements
+              differ by more than 1e-5. Every rank divides its summed loss by the target count of
+              the whole global step, so the gradients agree to float32 round-off. AdamW can still
+              move an element whose gradient is near zero by a fraction of a learning-rate step
+              more or less (it divides the gradient by its own running size), so a handful of
+              elements out of millions may differ by a few 1e-5 after a few steps. The per-step
+              losses are compared too (metrics.jsonl rounds them to 5 decimals), and the per-step
+              target tokens must be identical.
 
 --gpu: the same comparison on N GPUs with nccl, on --model (e.g. a Llama-3-8B folder; default
 the embedded model), --dtype auto unless given. It refuses with one line when fewer than 2 GPUs
 (or fewer than --nproc) are visible. Its figures have not been taken on the machine this script
 was written on (no GPU there): the GPU path is written to the same pattern as the CPU one, which
-was run, but has not itself been run. A variant that fails (out of GPU memory, say) is reported
-as failed in its row and the others still run.
+was run, but has not itself been run. The one-GPU variant takes the whole global batch
+(--nproc x --batch-size) on one GPU; a variant that fails (out of GPU memory, say) is reported as
+failed in its row and the others still run. In bfloat16 the adapters differ more than in float32
+(each split of the batch rounds differently).
 """
 
 import argparse
@@ -107,7 +114,8 @@ def parse_args(argv=None):
                    help="ranks of the torchrun variants (GPUs with --gpu) (default: 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads in all: the one process gets this many, each rank this / "
-                        "--nproc, as OMP_NUM_THREADS (default: --nproc)")
+                        "--nproc, as OMP_NUM_THREADS (default: --nproc; with --gpu, fsdp-offload "
+                        "runs AdamW on the CPU, so more threads help it there)")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of one, ddp, fsdp and (with --gpu) fsdp-offload, "
                         "run in this order; the first is the reference of the ratios (default: "
@@ -116,7 +124,8 @@ def parse_args(argv=None):
                    help="runs of every variant, taking turns; medians over all (default: 1)")
     p.add_argument("--train-args", default="",
                    help="more train.py flags for every variant, as one quoted string, e.g. "
-                        "\"--grad-checkpointing --lora-r 64\" (default: none)")
+                        "--train-args=\"--grad-checkpointing --lora-r 64\" (with '=', since the value "
+                        "starts with --) (default: none)")
     p.add_argument("--gpu", action="store_true",
                    help="compare on GPUs with nccl: one GPU against --nproc GPUs; needs at least 2 "
                         "visible GPUs (not run on the machine this was written on)")
@@ -262,19 +271,19 @@ def run_variant(variant: str, args, repeat: int) -> tuple[dict, dict | None]:
         tail = [line for line in done.stderr.strip().splitlines() if line.strip()] or ["(no output)"]
         result["error"] = tail[-1][:300]
         print(f"  failed (exit {done.returncode}): {result['error']}\n  log: {folder / 'log.txt'}", flush=True)
-        args.keep = True  # a failed run's folder is the only record of why
-        result["folder"] = str(folder)
+        result["folder"] = str(folder)  # a failed run's folder is the only record of why: kept
     else:
         adapter = load_file(out / "adapter_model.safetensors")
-        print(f"  {wall:.1f} s; timed tokens/s {', '.join(f'{t:.0f}' for t in result['tokens_per_s'])}; "
-              f"peak RSS MiB per rank {', '.join(f'{r['peak_rss_mb']:.0f}' for r in ranks)}", flush=True)
-    if not args.keep:
+        speeds = ", ".join(f"{t:.0f}" for t in result["tokens_per_s"])
+        peaks = ", ".join(f"{r['peak_rss_mb']:.0f}" for r in ranks)
+        print(f"  {wall:.1f} s; timed tokens/s {speeds}; peak RSS MiB per rank {peaks}", flush=True)
+    if not result["folder"]:
         shutil.rmtree(folder, ignore_errors=True)
     return result, adapter
 
 
 # ----------------------------------------------------------------------------- summary
-def summarize(runs: list[dict], n_ranks: int) -> dict | None:
+def summarize(runs: list[dict]) -> dict | None:
     """Medians over the successful runs of one variant; None when none succeeded."""
     good = [r for r in runs if "error" not in r]
     if not good:
@@ -292,10 +301,14 @@ def summarize(runs: list[dict], n_ranks: int) -> dict | None:
             "rss_sum": sum(rss), "gpu": gpu, "final_loss": good[0]["losses"][-1], "runs": len(good)}
 
 
-def max_abs_diff(a: dict, b: dict) -> float:
-    if a.keys() != b.keys():
-        return float("inf")
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+def adapter_diff(a: dict, b: dict, over: float = 1e-5) -> tuple[float, int, int]:
+    """(largest absolute difference, elements differing by more than `over`, elements) of two
+    adapters' tensors; inf when they do not hold the same tensors."""
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return float("inf"), -1, -1
+    diffs = [(a[k].float() - b[k].float()).abs() for k in a]
+    return (max(float(d.max()) for d in diffs), sum(int((d > over).sum()) for d in diffs),
+            sum(d.numel() for d in diffs))
 
 
 def warm_page_cache(args):
@@ -316,7 +329,7 @@ def main(argv=None):
     if args.child:
         return child(args.child, train_argv)
     if train_argv:
-        raise SystemExit("arguments after '--' are only for --child; use --train-args \"...\" for train.py flags")
+        raise SystemExit("arguments after '--' are only for --child; use --train-args=\"...\" for train.py flags")
     import torch
     if args.gpu:
         visible = torch.cuda.device_count()
@@ -335,7 +348,7 @@ def main(argv=None):
                 adapters.setdefault(variant, adapter)
 
     n, B = args.nproc, args.batch_size
-    summary = {v: summarize(runs[v], 1 if v == "one" else n) for v in args.variants}
+    summary = {v: summarize(runs[v]) for v in args.variants}
     ref = args.variants[0]
     ref_sum = summary[ref]
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *argv])
@@ -348,8 +361,8 @@ def main(argv=None):
           f"run, {args.repeats} run(s) per variant taking turns; {args.threads} CPU threads per variant; "
           f"torch {torch.__version__}\n")
     gpu_cols = args.gpu
-    print(f"| variant | processes x threads | tokens/s median (min-max) | vs {ref} | wall s | peak RSS MiB per rank "
-          f"| RSS sum MiB | vs {ref} |" + (" peak GPU MiB per rank, allocated / reserved |" if gpu_cols else "")
+    print(f"| variant | processes x threads | tokens/s median (min-max) | tokens/s vs {ref} | wall s "
+          f"| peak RSS MiB per rank | RSS sum MiB | RSS sum vs {ref} |" + (" peak GPU MiB per rank, allocated / reserved |" if gpu_cols else "")
           + " final loss |")
     print("|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu_cols else "") + "---:|")
     for v in args.variants:
@@ -382,15 +395,20 @@ def main(argv=None):
     if ref in adapters:
         for v in args.variants[1:]:
             if v in adapters:
-                agree[v] = {"adapter_max_abs_diff": max_abs_diff(adapters[ref], adapters[v]),
-                            "loss_max_abs_diff": max(abs(a - b) for a, b in zip(first[ref]["losses"], first[v]["losses"])),
+                pairs = zip(first[ref]["losses"], first[v]["losses"])
+                diff, n_over, n_all = adapter_diff(adapters[ref], adapters[v])
+                agree[v] = {"adapter_max_abs_diff": diff, "adapter_elements_over_1e-5": n_over,
+                            "adapter_elements": n_all,
+                            "loss_max_abs_diff": max(abs(a - b) for a, b in pairs),
                             "same_target_tokens": first[ref]["target_tokens"] == first[v]["target_tokens"]}
         if agree:
-            print(f"same work, against {LABELS[ref]} after {args.warmup + args.steps} steps: " + "; ".join(
-                f"{LABELS[v]}: adapter max |diff| {a['adapter_max_abs_diff']:.1e}, per-step loss max |diff| "
-                f"{a['loss_max_abs_diff']:.1e} (losses are logged to 5 decimals), target tokens per step "
-                + ("identical" if a["same_target_tokens"] else "DIFFERENT")
-                for v, a in agree.items()))
+            print(f"same work, against {LABELS[ref]} after {args.warmup + args.steps} steps (losses are "
+                  "logged to 5 decimals):")
+        for v, a in agree.items():
+            print(f"  {LABELS[v]}: adapter max |diff| {a['adapter_max_abs_diff']:.1e} "
+                  f"({a['adapter_elements_over_1e-5']:,} of {a['adapter_elements']:,} elements over 1e-5), "
+                  f"per-step loss max |diff| {a['loss_max_abs_diff']:.1e}, target tokens per step "
+                  + ("identical" if a["same_target_tokens"] else "DIFFERENT"))
     print("tokens/s: target tokens of the global step / step seconds (train.py's metrics.jsonl); "
           "peak RSS: VmHWM of each process at exit; wall: launch to exit, start-up, load, final "
           "evaluation and save included")

@@ -93,12 +93,14 @@ def test_a_stop_id_ends_one_request_and_the_others_go_on(smollm2, chat):
 
 @pytest.mark.slow
 def test_closing_a_stream_frees_its_slot_for_the_next_request(smollm2, chat):
+    # Computed first: the decoder's thread and generate() must not share the model at once.
+    expected = generate(smollm2, prompt(chat, PROMPTS[2]), SamplingConfig(max_new_tokens=4)).ids
     with decoding(smollm2, 1, 256) as decoder:
         first = decoder.stream(prompt(chat, PROMPTS[1]), SamplingConfig(max_new_tokens=200))
         assert next(first) is not None
         first.close()                      # the consumer left after one token
         second = list(decoder.stream(prompt(chat, PROMPTS[2]), SamplingConfig(max_new_tokens=4)))
-        assert second == generate(smollm2, prompt(chat, PROMPTS[2]), SamplingConfig(max_new_tokens=4)).ids
+        assert second == expected
         assert decoder.slots == [None]
 
 

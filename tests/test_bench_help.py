@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("bench_train.py", ["--max-len", "--steps", "--rss-repeats", "--no-rss"]),
     ("bench_linear4bit.py", ["--repeats"]),
     ("bench_gpu.py", ["--shape", "--parts", "--recipe-seq-len", "--optim", "--workdir"]),
+    ("bench_distributed.py", ["--nproc", "--variants", "--batch-size", "--steps", "--gpu", "--json"]),
     ("bench_safety.py", ["--sets", "--repeats", "--warmup", "--file", "--batch-size", "--threads",
                          "--json"]),
 ])

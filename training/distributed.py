@@ -131,10 +131,11 @@ def _stopped_by_torchrun(rank: int):
 
 
 def lost_a_rank(error: BaseException) -> bool:
-    """Whether an error from a collective means another rank died or stopped answering."""
+    """Whether an error from a collective means another rank died or stopped answering (a
+    closed or reset connection, a timed-out wait), not a fault of this rank's own."""
     text = str(error).lower()
-    return isinstance(error, dist.DistError) or any(
-        k in text for k in ("closed by peer", "connection reset", "timed out", "timeout", "nccl", "gloo"))
+    return isinstance(error, dist.DistNetworkError) or any(
+        k in text for k in ("closed by peer", "reset by peer", "timed out"))
 
 
 def first_line(error: BaseException) -> str:

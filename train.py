@@ -32,13 +32,14 @@ from model import load_model, load_tokenizer
 from model.errors import UserError
 from model.checkpoint.gguf import DEFAULT_MODEL_ID
 from model.checkpoint.identity import base_identity
-from model.loss import TargetLoss, count_targets
+from model.loss import TargetLoss
 from model.rnn import CharConfig, row_text, unigram_bits_per_char
 from model.checkpoint.load import TRAIN_QUANTIZE, parse_dtype, parse_quantize, resolve_model_dir
 from training import checkpoint, distributed
 from training.char import train_char_model
 from training.checks import check_config, check_device
 from training.flags import opt, parse_config
+from training.step import eval_loss, make_optimizer, make_scaler, train_step
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -204,11 +205,11 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, 
                       rank=world.rank, world_size=world.size)
 
     # -------------------------------------------------------------------- optimizer + schedule
-    optimizer = make_optimizer(cfg, params)
+    optimizer = make_optimizer(cfg.optim, params, cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
     # Mixed precision on GPU: compute in the base dtype; float16 needs loss scaling (T4 has no bf16).
     amp = device.type == "cuda" and dtype != torch.float32
-    scaler = make_scaler(cfg, world, enabled=amp and dtype == torch.float16)
+    scaler = make_scaler(amp and dtype == torch.float16, world)
 
     evaluate = lambda: eval_loss(loss_module, eval_batches(eval_ex, cfg.batch_size, pad_id,  # noqa: E731
                                                            world.rank, world.size), device, dtype, amp, world)
@@ -307,25 +308,6 @@ def load_with_lora(cfg: TrainConfig, device, dtype, quiet: bool = False):
     return folder, tokenizer, model
 
 
-def make_optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
-    if cfg.optim == "adamw8bit":  # the seed's choice: optimizer states in 8 bits (bitsandbytes)
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserError("--optim adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
-        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def make_scaler(cfg: TrainConfig, world: distributed.World, enabled: bool):
-    """float16's loss scaler. With FSDP each rank holds a shard of the gradients, so the check
-    for inf/NaN has to be agreed across ranks: ShardedGradScaler does that."""
-    if world.parallel == "fsdp":
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-        return ShardedGradScaler("cuda", enabled=enabled)
-    return torch.amp.GradScaler("cuda", enabled=enabled)
-
-
 def lr_factor(cfg: TrainConfig, step: int) -> float:
     """The learning rate of optimizer step `step` (from 0), as a share of --lr: linear warmup
     from 0, then linear or cosine decay to 0 at --max-steps, or constant."""
@@ -337,52 +319,6 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     if cfg.lr_schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return 1.0
-
-
-def batch_nll(loss_module, batch, device, dtype, amp) -> tuple[torch.Tensor, int]:
-    """(summed next-token loss over the batch's target tokens, their number)."""
-    x, y = batch["input_ids"].to(device), batch["labels"].to(device)       # (B, T) each
-    with torch.autocast(device.type, dtype=dtype, enabled=amp):
-        return loss_module(x, y)
-
-
-def train_step(loss_module, micro: list[dict], params, optimizer, scaler, grad_clip: float,
-               device, dtype, amp, world: distributed.World = distributed.World()) -> tuple[float, int, float]:
-    """One optimizer step over the micro-batches; returns (mean loss per target token, target
-    tokens, gradient norm before clipping), all over every rank's share of the global batch."""
-    n_targets = int(world.sum(sum(count_targets(b["labels"]) for b in micro))[0])  # the whole global step
-    step_nll = 0.0
-    for i, batch in enumerate(micro):
-        # Gradients travel between ranks only on the step's last micro-batch.
-        with distributed.gradient_sync(loss_module, world, sync=i == len(micro) - 1):
-            nll, _ = batch_nll(loss_module, batch, device, dtype, amp)
-            # Sum over tokens / tokens in the whole global batch: every target token weighs the
-            # same, however the step was split into micro-batches and ranks.
-            scaler.scale(nll * distributed.loss_scale(world) / n_targets).backward()
-        step_nll += nll.item()
-    loss = world.sum(step_nll)[0] / n_targets
-    if not math.isfinite(loss):
-        return loss, n_targets, float("nan")     # the caller stops; nothing is stepped
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    grad_norm = distributed.full_tensor(grad_norm)   # FSDP: the norm over all shards
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss, n_targets, float(grad_norm)
-
-
-@torch.no_grad()
-def eval_loss(loss_module, batches, device, dtype, amp, world: distributed.World = distributed.World()) -> float:
-    """Mean next-token loss per target token over the evaluation batches (of all ranks)."""
-    loss_module.eval()
-    total, n = 0.0, 0
-    for batch in batches:
-        nll, k = batch_nll(loss_module, batch, device, dtype, amp)
-        total, n = total + float(nll), n + k
-    loss_module.train()
-    total, n = world.sum(total, n)
-    return total / max(n, 1)
 
 
 def finish(cfg: TrainConfig, out: Path, history: list[dict], model, folder: Path, dtype, step: int,

@@ -114,30 +114,11 @@ def max_memory(device: torch.device) -> float | None:
 
 # ----------------------------------------------------------------------------- building ours
 def build_ours_nf4(args, device: torch.device):
-    """Our Llama with every linear of the blocks in NF4, filled from random weights drawn on the
-    device one matrix at a time; embeddings, norms and lm_head in the compute dtype."""
+    """Our Llama with every linear of the blocks in NF4 from random weights (tools/gpu_check.py)."""
     from model.config import LlamaConfig
-    from model.quant.linear4bit import Linear4bit, replace_linears_with_4bit
-    from model.llama import Llama, rope_frequencies
-    dtype = compute_dtype(device)
+    from tools.gpu_check import random_nf4_llama
     config = LlamaConfig.from_hf(hf_config(args.shape), source=args.shape)
-    with torch.device("meta"):
-        model = Llama(config)
-    replace_linears_with_4bit(model, dtype)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    for name, module in model.named_modules():
-        if isinstance(module, Linear4bit):
-            weight = torch.empty(module.weight_shape, dtype=dtype, device=device)
-            module.quantize_(weight.normal_(0.0, 0.02, generator=gen))  # (out, in)
-            del weight
-    for name, param in list(model.named_parameters()):
-        owner = model.get_submodule(name.rpartition(".")[0])
-        leaf = name.rpartition(".")[2]
-        value = torch.empty(param.shape, dtype=dtype, device=device)
-        value = value.normal_(0.0, 0.02, generator=gen) if param.dim() == 2 else value.fill_(1.0)
-        setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=False))
-    model.inv_freq = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling).to(device)
-    return model.eval()
+    return random_nf4_llama(config, compute_dtype(device), device, args.seed)
 
 
 def add_lora_ours(model, seed: int):

@@ -20,7 +20,7 @@ from lora.inject import LoRAConfig, inject  # noqa: E402
 from model import load_model  # noqa: E402
 from model.loss import TargetLoss  # noqa: E402
 from model.quant.linear4bit import Linear4bit  # noqa: E402
-from train import train_step  # noqa: E402
+from training.step import train_step  # noqa: E402
 from training import distributed  # noqa: E402
 
 

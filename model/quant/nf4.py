@@ -385,13 +385,18 @@ def _dequantize_bitsandbytes(packed: Tensor, state: QuantState, dtype: torch.dty
         # and for one that is a multiple of 16 but not of 64 it scales by the wrong blocks.
         # Every Llama linear has whole blocks per row; anything else takes our path.
         return dequantize_nf4(packed, state, dtype)
+    bnb_state = bitsandbytes_state(state, dtype or state.dtype)
+    return _bitsandbytes().dequantize_4bit(packed, bnb_state).view(state.shape)   # it returns 1-D shapes as 2-D
+
+
+def bitsandbytes_state(state: QuantState, dtype: torch.dtype):
+    """Our QuantState as bitsandbytes' own (the same tensors), for its dequantize and matmul kernels."""
     bnbf = _bitsandbytes()
     nested = bnbf.QuantState(absmax=state.nested_absmax, code=state.nested_code,
                              blocksize=state.nested_blocksize, dtype=torch.float32)
-    bnb_state = bnbf.QuantState(absmax=state.absmax, shape=torch.Size(state.shape), code=state.code,
-                                blocksize=state.blocksize, quant_type=QUANT_TYPE,
-                                dtype=dtype or state.dtype, offset=state.offset, state2=nested)
-    return bnbf.dequantize_4bit(packed, bnb_state).view(state.shape)   # it returns 1-D shapes as 2-D
+    return bnbf.QuantState(absmax=state.absmax, shape=torch.Size(state.shape), code=state.code,
+                           blocksize=state.blocksize, quant_type=QUANT_TYPE, dtype=dtype,
+                           offset=state.offset, state2=nested)
 
 
 def dequantizer(backend: str, device) -> Callable[..., Tensor]:

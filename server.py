@@ -42,6 +42,7 @@ ROUTES = {"/v1/models": "GET", "/v1/chat/completions": "POST"}  # path -> its on
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}  # others: 501
 API_KEY_ENV = "LLAMACARE_API_KEY"  # generate.py's --api-key default
 LINGER_S = 2.0  # at most this long spent draining what a refused client still sends (_linger)
+EXIT_GRACE_S = 10.0  # at most this long waited, when the server closes, for handler threads to finish
 # Client text in the log is escaped: a path must not forge log lines or move the terminal.
 _CONTROL_CHARS = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
 
@@ -401,6 +402,7 @@ class BoundedServer(ThreadingHTTPServer):
 
     def __init__(self, config: ServerConfig, handler):
         self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self.max_connections = config.max_connections
         self.slots = threading.BoundedSemaphore(config.max_connections)
         self.refusals = threading.BoundedSemaphore(config.max_connections)
         self.busy = _busy_response(config.max_connections)
@@ -437,13 +439,33 @@ class BoundedServer(ThreadingHTTPServer):
             self.shutdown_request(request)
 
     def server_close(self):
-        # The decoder first: requests still streaming end with an error, so that their handler
-        # threads finish, and closing the server (which waits for them) does not hang.
-        if getattr(self, "decoder", None) is not None:
-            self.decoder.close()
-            if self.assistant.decoder is self.decoder:
-                self.assistant.decoder = None   # the assistant decodes alone again
+        # The decoder first: requests still streaming, and any that reach it from now on, end
+        # with an error. Then the handler threads get time to finish. Only then does the
+        # assistant decode alone again: a request that arrived before that would otherwise
+        # decode alone, on the model other threads are still using.
+        decoder = getattr(self, "decoder", None)
+        if decoder is not None:
+            decoder.close()
         super().server_close()
+        self.wait_for_handlers(EXIT_GRACE_S)
+        if decoder is not None and self.assistant.decoder is decoder:
+            self.assistant.decoder = None
+
+    def wait_for_handlers(self, timeout: float) -> bool:
+        """Waits, at most `timeout` seconds, until no handler thread runs (every connection slot
+        is free again); True when none does. Handler threads are daemons, so nothing else waits
+        for them, and a process that exits while one is still inside torch (the safety
+        classifier, the tokenizer) can abort in torch's teardown."""
+        deadline, taken = time.monotonic() + timeout, 0
+        try:
+            while taken < self.max_connections:
+                if not self.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    return False
+                taken += 1
+            return True
+        finally:
+            for _ in range(taken):
+                self.slots.release()
 
     def handle_error(self, request, client_address):
         """What escapes a handler (it answers its own errors): one line, no traceback."""
@@ -503,4 +525,4 @@ def serve(assistant, defaults: SamplingConfig, config: ServerConfig | None = Non
         pass
     finally:
         httpd.shutdown()       # stop accepting
-        httpd.server_close()   # requests in flight end with an error
+        httpd.server_close()   # requests in flight end with an error; their threads finish

@@ -191,18 +191,9 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, 
               f"{cfg.grad_accum} accumulation = {cfg.batch_size * world.size * cfg.grad_accum} examples")
 
     # -------------------------------------------------------------------- model + LoRA, data
-    # FSDP loads on the CPU and moves only each rank's shard to its GPU (fully_shard does the move),
-    # so no GPU ever holds the whole model.
-    load_device = torch.device("cpu") if cfg.parallel == "fsdp" else device
-    folder, tokenizer, model = load_with_lora(cfg, load_device, dtype, quiet=not world.is_main)
-    loss_module = distributed.wrap(TargetLoss(model), model, world, cfg.cpu_offload)
+    folder, tokenizer, model, loss_module = load_for_training(cfg, world, device, dtype)
     params = [p for p in loss_module.parameters() if p.requires_grad]
-    train_ex, fstats = build_examples(train_rows, tokenizer, cfg.template, cfg.max_len, progress=world.is_main)
-    eval_ex, _ = build_examples(eval_rows, tokenizer, cfg.template, cfg.max_len, progress=False)
-    print(f"examples: {fstats.summary()}")
-    pad_id = pad_id_for(tokenizer)
-    batcher = Batcher(train_ex, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=cfg.group_by_length,
-                      rank=world.rank, world_size=world.size)
+    batcher, eval_ex, pad_id = examples_and_batches(cfg, world, tokenizer, train_rows, eval_rows)
 
     # -------------------------------------------------------------------- optimizer + schedule
     optimizer = make_optimizer(cfg.optim, params, cfg.lr, cfg.weight_decay)
@@ -221,20 +212,8 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, 
     run = checkpoint.Run(out, world, loss_module, optimizer, write_adapter)
     save = lambda: run.save(checkpoint.snapshot(  # noqa: E731
         step, settings, history, model, optimizer, scheduler, scaler, batcher, world))
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_stale_tmp(out)  # a killed save's half-written files
-    world.barrier()
+    step, history = start_run_folder(cfg, world, out, run, state, model, scheduler, scaler, batcher)
     metrics_path, checkpoint_path = out / "metrics.jsonl", out / checkpoint.CHECKPOINT_NAME
-    step, history = 0, []
-    if resume:
-        step, history = run.resume(state, model, scheduler, scaler, batcher)
-        # The saved learning rate was set by the old --max-steps; the next step follows this run's.
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, scheduler.last_epoch)
-    if world.is_main:
-        _write_metrics(metrics_path, history)  # rewritten up to the resumed step: no duplicate lines
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     write_metrics = _write_metrics if world.is_main else lambda *a, **k: None
 
     # -------------------------------------------------------------------- the loop
@@ -282,6 +261,46 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, 
     bar.close()
     if world.is_main:
         finish(cfg, out, history, model, folder, dtype, step, world)
+
+
+def load_for_training(cfg: TrainConfig, world: distributed.World, device, dtype):
+    """(model folder, tokenizer, model with LoRA, the loss module to train: the model's loss,
+    wrapped in DDP or sharded with FSDP under torchrun)."""
+    # FSDP loads on the CPU and moves only each rank's shard to its GPU (fully_shard does the
+    # move), so no GPU ever holds the whole model.
+    load_device = torch.device("cpu") if cfg.parallel == "fsdp" else device
+    folder, tokenizer, model = load_with_lora(cfg, load_device, dtype, quiet=not world.is_main)
+    return folder, tokenizer, model, distributed.wrap(TargetLoss(model), model, world, cfg.cpu_offload)
+
+
+def examples_and_batches(cfg: TrainConfig, world: distributed.World, tokenizer, train_rows, eval_rows):
+    """(the training batcher, this rank's share of each global batch; evaluation examples; pad id)."""
+    train_ex, fstats = build_examples(train_rows, tokenizer, cfg.template, cfg.max_len, progress=world.is_main)
+    eval_ex, _ = build_examples(eval_rows, tokenizer, cfg.template, cfg.max_len, progress=False)
+    print(f"examples: {fstats.summary()}")
+    pad_id = pad_id_for(tokenizer)
+    batcher = Batcher(train_ex, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=cfg.group_by_length,
+                      rank=world.rank, world_size=world.size)
+    return batcher, eval_ex, pad_id
+
+
+def start_run_folder(cfg: TrainConfig, world: distributed.World, out: Path, run, state, model, scheduler,
+                     scaler, batcher) -> tuple[int, list]:
+    """Makes --out ready (rank 0), puts a resumed run's state back; returns (step, metrics history)."""
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_stale_tmp(out)  # a killed save's half-written files
+    world.barrier()
+    step, history = 0, []
+    if state is not None:
+        step, history = run.resume(state, model, scheduler, scaler, batcher)
+        # The saved learning rate was set by the old --max-steps; the next step follows this run's.
+        for group in run.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, scheduler.last_epoch)
+    if world.is_main:
+        _write_metrics(out / "metrics.jsonl", history)  # rewritten up to the resumed step: no duplicates
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    return step, history
 
 
 def device_and_dtype(cfg: TrainConfig, world: distributed.World) -> tuple[torch.device, torch.dtype]:

@@ -91,8 +91,11 @@ class BatchDecoder:
         request = _Request(list(prompt_ids), cfg, set(stop_ids), budget, result, generator,
                            gone=cancelled)
         with self.wake:
-            self.waiting.append(request)
-            self.wake.notify()
+            if self.closed:   # after close(): nothing would ever answer it
+                request.out.put(RuntimeError("the server is shutting down"))
+            else:
+                self.waiting.append(request)
+                self.wake.notify()
         return _Stream(self, request)
 
     def _cancel(self, request: _Request):

@@ -205,3 +205,23 @@ def test_per_row_positions_match_a_single_row_decode(smollm2, chat):
     for r in range(3):
         assert torch.allclose(got[r], expected[r], atol=1e-4, rtol=1e-4)
         assert int(got[r].argmax()) == int(expected[r].argmax())
+
+
+def test_a_request_that_reaches_a_closed_decoder_ends_with_an_error_at_once(smollm2, chat):
+    """What the server relies on while it shuts down: a late request is refused, never left
+    waiting for a loop that has ended."""
+    decoder = BatchDecoder(smollm2, max_batch=1, max_len=64, own_thread=False)
+    decoder.close()
+    stream = decoder.stream(prompt(chat, PROMPTS[0]), SamplingConfig(max_new_tokens=4))
+    got = []
+
+    def consume():
+        try:
+            next(stream)
+        except RuntimeError as e:
+            got.append(str(e))
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(10)
+    assert got == ["the server is shutting down"]

@@ -7,10 +7,14 @@ Answers are kept to 8 tokens: each run loads the model and generates on a CPU.
 
 import dataclasses
 import http.client
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +214,44 @@ def test_serve_refuses_a_body_over_max_body_with_413(keyed_server):
 def test_serve_on_loopback_with_a_key_prints_no_warning(keyed_server):
     _, lines = keyed_server
     assert not any(line.startswith("warning") for line in lines)
+
+
+def _post_chat(port: int, body: dict) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                 headers={"Content-Type": "application/json"})
+    return conn.getresponse()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 1.5])
+def test_serve_exits_cleanly_on_ctrl_c_while_answers_stream(delay):
+    """`generate.py --serve` decodes on its main thread (server.serve). A Ctrl-C while several
+    answers stream, right after they start or a little later, ends the process with status 0,
+    no traceback and no abort: requests in flight end with an error, and a request that reaches
+    the closing server is refused rather than decoded alone."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, str(GENERATE), "--serve", "--port", "0"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        line = ""
+        while not line.startswith("serving "):
+            line = proc.stdout.readline()
+            assert line, "the server exited before serving"
+        reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
+        reader.start()                     # a full pipe must not block the server
+        port = int(re.search(r":(\d+)/v1", line).group(1))
+        messages = [{"role": "user", "content": MESSAGE}]
+        streams = [_post_chat(port, {"messages": messages, "max_tokens": 400, "stream": True}) for _ in range(3)]
+        assert all(s.status == 200 for s in streams)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        reader.join(10)
+        text = "".join(output)
+        assert "Traceback" not in text and "Fatal Python error" not in text, text[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -7,9 +7,11 @@ OpenAI-compatible HTTP server (--serve).
     python generate.py --serve --port 8000               # POST /v1/chat/completions
 """
 
+import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from model.errors import UserError
 from training.flags import opt, parse_config
@@ -20,7 +22,9 @@ class GenerateConfig:
     # the model
     model: str | None = opt(None, "model folder or hub repo id; none: the embedded SmolLM2-135M-Instruct",
                             nullable=True)
-    adapter: str | None = opt(None, "a LoRA adapter folder (a train.py run folder or PEFT adapter)",
+    adapter: str | None = opt(None, "a LoRA adapter folder (a train.py run folder or PEFT adapter); a run "
+                                    "folder also sets --model, --quantize nf4 and --chat-format alpaca as it "
+                                    "trained, unless given here",
                               nullable=True)
     dtype: str = opt("float32", "float32, bfloat16 or float16")
     device: str = opt("auto", "auto (cuda when there is a GPU, else cpu), cpu, cuda or cuda:N")
@@ -85,8 +89,34 @@ def check_args(args) -> None:
                         f"{', '.join(locales())}")
 
 
+def follow_the_run(args) -> None:
+    """With --adapter of a train.py run folder, what that run trained on fills the flags left
+    unset: its base (--model), its 4-bit base (--quantize nf4) and, for --template alpaca, its
+    prompt format (--chat-format). Says so on stderr, once."""
+    path = Path(args.adapter) / "train_config.json" if args.adapter else None
+    if path is None or not path.is_file():
+        return                      # a plain PEFT folder: nothing recorded beyond the adapter
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is not valid JSON; fix it or pass --model and --chat-format") from None
+    taken = []
+    if args.model is None and run.get("model"):
+        args.model = run["model"]
+        taken.append(f"--model {args.model}")
+    if args.quantize is None and run.get("quantize") == "nf4":
+        args.quantize = "nf4"
+        taken.append("--quantize nf4")
+    if args.chat_format is None and run.get("template") == "alpaca":
+        args.chat_format = "alpaca"
+        taken.append("--chat-format alpaca")
+    if taken:
+        print(f"from {path}: {' '.join(taken)} (flags given here win)", file=sys.stderr)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    follow_the_run(args)   # before check_args: an unset --quantize is still None there
     check_args(args)
     if not args.chat and args.prompt is None and not args.serve:  # before the slow model load
         raise UserError("--no-chat needs --prompt: pass the text to continue, e.g. "

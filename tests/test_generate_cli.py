@@ -255,3 +255,25 @@ def test_serve_exits_cleanly_on_ctrl_c_while_answers_stream(delay):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_an_adapter_run_folder_supplies_its_base_quantization_and_prompt_format(tmp_path, capsys):
+    import generate
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"model": "unsloth/llama-3-8b-bnb-4bit",
+                                                       "quantize": "nf4", "template": "alpaca"}))
+    args = generate.parse_args(["--adapter", str(run), "--prompt", "hi"])
+    generate.follow_the_run(args)
+    assert (args.model, args.quantize, args.chat_format) == ("unsloth/llama-3-8b-bnb-4bit", "nf4", "alpaca")
+    assert "--model unsloth/llama-3-8b-bnb-4bit --quantize nf4 --chat-format alpaca" in capsys.readouterr().err
+    # flags given on the command line win, an explicit --quantize none included
+    args = generate.parse_args(["--adapter", str(run), "--model", "m", "--quantize", "none",
+                                "--chat-format", "chatml"])
+    generate.follow_the_run(args)
+    assert (args.model, args.quantize, args.chat_format) == ("m", "none", "chatml")
+    # the default CPU run records no model and the chat template: nothing changes
+    (run / "train_config.json").write_text(json.dumps({"model": None, "quantize": None, "template": "chat"}))
+    args = generate.parse_args(["--adapter", str(run)])
+    generate.follow_the_run(args)
+    assert (args.model, args.quantize, args.chat_format) == (None, None, None)

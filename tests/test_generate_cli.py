@@ -231,8 +231,15 @@ def test_serve_exits_cleanly_on_ctrl_c_while_answers_stream(delay):
     no traceback and no abort: requests in flight end with an error, and a request that reaches
     the closing server is refused rather than decoded alone."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, str(GENERATE), "--serve", "--port", "0"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A suite started in the background by a non-interactive shell has SIGINT ignored, and an
+    # ignored signal stays ignored in every child: the server would never see the Ctrl-C. A
+    # handled one resets to the default in the child, as in a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, str(GENERATE), "--serve", "--port", "0"], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     output = []
     try:
         line = ""

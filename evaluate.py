@@ -22,7 +22,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +46,7 @@ from model.checkpoint.load import parse_quantize, resolve_model_dir
 from model.compile import compile_decoding
 from training.checks import check_device, check_dtype, check_range
 from training.flags import opt, parse_config
+from training.run_config import NAME as RUN_CONFIG, read_run_config
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Variant:
     kind: str            # base | lora | rnn | lstm
     path: Path | None
     template: str
+    run: dict = field(default_factory=dict)  # the run's train_config.json; {} for base or a plain adapter
 
 
 def parse_variants(text: str, template: str | None = None) -> list[Variant]:
@@ -102,18 +104,39 @@ def parse_variants(text: str, template: str | None = None) -> list[Variant]:
         if not path.is_dir():
             raise UserError(f"--variants: '{item}' is neither 'base' nor a run folder; train it first "
                             f"(python train.py --out {item}, with --arch lstm for a char baseline)")
-        run_cfg = {}
-        if (path / "train_config.json").is_file():
-            run_cfg = json.loads((path / "train_config.json").read_text())
+        run_cfg = read_run_config(path)
         if is_char_run(path):
             out.append(Variant(path.name, run_cfg.get("arch", "char"), path, "char"))
         elif (path / CONFIG_NAME).is_file():
-            out.append(Variant(path.name, "lora", path, template or run_cfg.get("template", "chat")))
+            out.append(Variant(path.name, "lora", path, template or run_cfg.get("template", "chat"), run_cfg))
         else:
             raise UserError(f"--variants: {path} holds neither an adapter ({CONFIG_NAME}) nor a char model")
     if not out:
         raise UserError("--variants: name at least one variant")
     return out
+
+
+def follow_the_runs(args, variants: list[Variant]) -> None:
+    """The LoRA runs' base (--model) and 4-bit storage (--quantize nf4), from their
+    train_config.json, fill those flags when they are unset: every variant, 'base' included,
+    then answers on the model the adapters were trained on. Says so on stderr, once."""
+    runs = [v for v in variants if v.kind == "lora" and v.run]
+    taken = []
+    if args.model is None and runs:
+        bases = {v.run.get("model") for v in runs}  # None: the embedded default
+        if len(bases) > 1:
+            names = ", ".join(f"{v.path} ({v.run.get('model') or 'the embedded default'})" for v in runs)
+            raise UserError(f"--variants: these runs were trained on different base models: {names}; "
+                            f"evaluate each base's runs on their own, or pass --model")
+        args.model = bases.pop()
+        if args.model:
+            taken.append(f"--model {args.model}")
+    if args.quantize is None and runs and all(v.run.get("quantize") == "nf4" for v in runs):
+        args.quantize = "nf4"
+        taken.append("--quantize nf4")
+    if taken:
+        where = ", ".join(str(v.path / RUN_CONFIG) for v in runs)
+        print(f"from {where}: {' '.join(taken)} (flags given here win)", file=sys.stderr)
 
 
 def check_args(args) -> None:
@@ -132,8 +155,9 @@ def check_args(args) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    check_args(args)
     variants = parse_variants(args.variants, args.template)
+    follow_the_runs(args, variants)  # before check_args: an unset --quantize is still None there
+    check_args(args)
     rows, stats = load_rows(args.data or str(SAMPLE_DIR / "eval.jsonl"))
     rows = rows[: args.limit] if args.limit else rows
     print(f"evaluation rows: {len(rows)} ({stats.summary()})")

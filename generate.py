@@ -7,7 +7,6 @@ OpenAI-compatible HTTP server (--serve).
     python generate.py --serve --port 8000               # POST /v1/chat/completions
 """
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from model.errors import UserError
 from training.flags import opt, parse_config
+from training.run_config import NAME as RUN_CONFIG, read_run_config
 
 
 @dataclass
@@ -93,13 +93,9 @@ def follow_the_run(args) -> None:
     """With --adapter of a train.py run folder, what that run trained on fills the flags left
     unset: its base (--model), its 4-bit base (--quantize nf4) and, for --template alpaca, its
     prompt format (--chat-format). Says so on stderr, once."""
-    path = Path(args.adapter) / "train_config.json" if args.adapter else None
-    if path is None or not path.is_file():
-        return                      # a plain PEFT folder: nothing recorded beyond the adapter
-    try:
-        run = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{path} is not valid JSON; fix it or pass --model and --chat-format") from None
+    if not args.adapter:
+        return
+    run = read_run_config(args.adapter)  # {} for a plain PEFT folder: nothing recorded beyond the adapter
     taken = []
     if args.model is None and run.get("model"):
         args.model = run["model"]
@@ -111,7 +107,8 @@ def follow_the_run(args) -> None:
         args.chat_format = "alpaca"
         taken.append("--chat-format alpaca")
     if taken:
-        print(f"from {path}: {' '.join(taken)} (flags given here win)", file=sys.stderr)
+        print(f"from {Path(args.adapter) / RUN_CONFIG}: {' '.join(taken)} (flags given here win)",
+              file=sys.stderr)
 
 
 def main(argv=None):

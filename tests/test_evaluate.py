@@ -128,3 +128,73 @@ def test_evaluate_with_int8_weights_merges_each_adapter_first(setup):
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert [r["kind"] for r in results] == ["base", "lora"] and all(r["ppl"] > 1 for r in results)
+
+
+@pytest.mark.slow
+def test_a_lora_run_is_evaluated_on_the_base_it_was_trained_on(setup, tmp_path):
+    # without --model, the run's train_config.json names the base; before, the embedded SmolLM2
+    # was loaded and the tiny run's adapter did not fit it
+    root, tiny, data = setup
+    args = ["--data", str(data), "--variants", f"base,{root / 'lora'}", "--limit", "1", "--max-new-tokens", "2"]
+    followed = _evaluate(*args, "--out", str(tmp_path / "followed"))
+    assert followed.returncode == 0, followed.stderr[-2000:]
+    assert f"--model {tiny}" in followed.stderr
+    named = _evaluate(*args, "--model", str(tiny), "--out", str(tmp_path / "named"))
+    assert named.returncode == 0, named.stderr[-2000:]
+    ppl = [[r["ppl"] for r in json.loads((tmp_path / name / "results.json").read_text())]
+           for name in ("followed", "named")]
+    assert ppl[0] == ppl[1]
+
+
+def _lora_run(folder: Path, **flags) -> str:
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "train_config.json").write_text(json.dumps({"template": "chat", **flags}))
+    return str(folder)
+
+
+def test_runs_supply_the_base_and_nf4_unless_flags_are_given(tmp_path, capsys):
+    import evaluate
+    a = _lora_run(tmp_path / "a", model="meta-llama/Meta-Llama-3-8B", quantize="nf4")
+    b = _lora_run(tmp_path / "b", model="meta-llama/Meta-Llama-3-8B", quantize="nf4")
+    args = evaluate.parse_args(["--variants", f"base,{a},{b}"])
+    evaluate.follow_the_runs(args, evaluate.parse_variants(args.variants))
+    assert (args.model, args.quantize) == ("meta-llama/Meta-Llama-3-8B", "nf4")
+    assert "--model meta-llama/Meta-Llama-3-8B --quantize nf4" in capsys.readouterr().err
+    # flags given on the command line win, an explicit --quantize none included
+    args = evaluate.parse_args(["--variants", f"{a},{b}", "--model", "m", "--quantize", "none"])
+    evaluate.follow_the_runs(args, evaluate.parse_variants(args.variants))
+    assert (args.model, args.quantize) == ("m", "none")
+    # one run on a dense base: the variants keep the dense base
+    c = _lora_run(tmp_path / "c", model="meta-llama/Meta-Llama-3-8B", quantize=None)
+    args = evaluate.parse_args(["--variants", f"{a},{c}"])
+    evaluate.follow_the_runs(args, evaluate.parse_variants(args.variants))
+    assert (args.model, args.quantize) == ("meta-llama/Meta-Llama-3-8B", None)
+
+
+def test_runs_on_different_bases_are_one_line_error_naming_them(tmp_path):
+    import evaluate
+    from model.errors import UserError
+    a = _lora_run(tmp_path / "a", model="meta-llama/Meta-Llama-3-8B")
+    b = _lora_run(tmp_path / "b", model=None)
+    args = evaluate.parse_args(["--variants", f"base,{a},{b}"])
+    with pytest.raises(UserError) as e:
+        evaluate.follow_the_runs(args, evaluate.parse_variants(args.variants))
+    assert "\n" not in str(e.value) and a in str(e.value) and b in str(e.value) and "--model" in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\xff\xfe"])
+def test_a_broken_train_config_is_one_line_naming_it(tmp_path, text):
+    import evaluate
+    import generate
+    from model.errors import UserError
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "adapter_config.json").write_text("{}")
+    (run / "train_config.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(UserError) as e:
+        evaluate.parse_variants(str(run))
+    assert "\n" not in str(e.value) and str(run / "train_config.json") in str(e.value)
+    with pytest.raises(UserError) as e:
+        generate.follow_the_run(generate.parse_args(["--adapter", str(run)]))
+    assert "\n" not in str(e.value) and str(run / "train_config.json") in str(e.value)

@@ -198,6 +198,28 @@ def test_cli_prints_the_ranks_and_the_offloaded_cpu_ram(capsys):
     assert "CPU RAM per rank (offloaded shards)" in out and "Verdict: fits one 24.0 GiB GPU per rank" in out
 
 
+def test_fsdp_load_ram_is_the_bytes_of_the_model_train_py_loads(tmp_path, capsys):
+    # The TINY shape as a real checkpoint, loaded as train.py loads it on every FSDP rank: NF4 in
+    # bfloat16, LoRA r=8 on the seven linears. Its tensors' bytes are the planner's figure.
+    from lora.inject import LoRAConfig, inject
+    from model import load_model
+    from tests.helpers import save_hf_checkpoint, tiny_hf_config
+    hf = tiny_hf_config(vocab_size=512, hidden_size=128, intermediate_size=352, num_attention_heads=4,
+                        num_key_value_heads=2)
+    save_hf_checkpoint(hf, tmp_path, dtype=torch.bfloat16)
+    model = load_model(tmp_path, dtype="bfloat16", quantize="nf4", quiet=True)
+    inject(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=memory.TARGETS))
+    tensors = [t for _, t in model.named_parameters()] + \
+              [t for name, t in model.named_buffers() if "inv_freq" not in name]   # rope: 64 bytes
+    loaded = sum(t.numel() * t.element_size() for t in tensors)
+    plan = estimate(TINY, plan_args(nproc=2, parallel="fsdp", cpu_offload=True))
+    assert plan.loading == loaded
+    assert estimate(TINY, plan_args(nproc=2, parallel="ddp")).loading == 0   # DDP loads on the GPU
+    main(["--model", "meta-llama/Meta-Llama-3-70B", "--quantize", "nf4", "--dtype", "bfloat16", "--optim", "adamw",
+          "--nproc", "2", "--parallel", "fsdp", "--cpu-offload", "--lora-r", "16", "--grad-checkpointing"])
+    assert re.search(r"^  CPU RAM per rank while loading +37\.58 ", capsys.readouterr().out, re.MULTILINE)
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_ddp_or_fsdp_on_one_rank_is_a_one_rank_run(parallel, capsys):
     assert main(["--model", "meta-llama/Llama-3.2-1B", "--optim", "adamw", "--parallel", parallel]) == 0

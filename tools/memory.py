@@ -57,6 +57,9 @@ logits, workspace and CUDA context are the same on every rank as in one process.
   --cpu-offload  (fsdp only; FSDP2's CPUOffloadPolicy) the sharded parts live in CPU RAM: the GPU
                keeps the gathered parts, activations, logits, workspace and context. The CPU RAM
                each rank needs is printed after the GPU total, not in it.
+  CPU RAM while loading (fsdp): each rank loads and quantizes the whole model in CPU RAM before
+               fully_shard keeps its 1/N (train.py), so for a moment every rank holds the NF4
+               linears, embeddings, norms, lm_head and LoRA parameters in full.
 """
 
 import argparse
@@ -167,6 +170,7 @@ class MemoryPlan:
     parts: dict[str, int] = field(default_factory=dict)   # name -> bytes per GPU, in print order
     budget: int = 0                        # usable GPU bytes
     offloaded: dict[str, int] = field(default_factory=dict)   # name -> bytes of CPU RAM per rank
+    loading: int = 0                       # FSDP: CPU RAM per rank for the whole model, before sharding
 
     @property
     def total_params(self) -> int:
@@ -315,17 +319,20 @@ def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
         "dequantize workspace": largest * a if args.quantize == "nf4" else 0,
         "CUDA context": int(CUDA_CONTEXT_GIB * GIB),
     }
-    extra, offloaded = {}, {}
+    extra, offloaded, loading = {}, {}, 0
     if args.parallel == "ddp":
         extra = {"DDP gradient buckets (float32)": lora_params * 4}
     elif args.parallel == "fsdp":
         n = args.nproc
+        # Each rank loads (and quantizes) the whole model into CPU RAM; fully_shard then keeps 1/N.
+        loading = sum(weights.values()) + other_params * a + lora_params * 4
         state = {f"sharded: {part} (1/{n})": -(-size // n) for part, size in state.items()}   # ceil
         extra = fsdp_gathered(config, args)
         if args.cpu_offload:
             state, offloaded = {}, state
     parts = {**state, **extra, **per_rank}
-    return MemoryPlan(linear_params, other_params, lora_params, parts, int(args.gpu_gib * GIB), offloaded)
+    return MemoryPlan(linear_params, other_params, lora_params, parts, int(args.gpu_gib * GIB), offloaded,
+                      loading)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -375,6 +382,9 @@ def report(plan: MemoryPlan, config: LlamaConfig, args: MemoryPlanArgs, name: st
     if plan.offloaded:
         lines.append(f"  {'CPU RAM per rank (offloaded shards)':{width}s}{gib(plan.offloaded_total)}"
                      "   (not on the GPU)")
+    if plan.loading:
+        lines.append(f"  {'CPU RAM per rank while loading':{width}s}{gib(plan.loading)}"
+                     "   (the whole model, before FSDP keeps 1/N)")
     lines.append("")
     big = ", ".join(f"{p} {plan.parts[p] / GIB:.1f} GiB" for p in plan.dominant())
     verdict = "fits" if plan.fits else "does NOT fit"

@@ -127,7 +127,7 @@ def follow_the_runs(args, variants: list[Variant]) -> None:
         if len(bases) > 1:
             names = ", ".join(f"{v.path} ({v.run.get('model') or 'the embedded default'})" for v in runs)
             raise UserError(f"--variants: these runs were trained on different base models: {names}; "
-                            f"evaluate each base's runs on their own, or pass --model")
+                            "evaluate each base's runs on their own, or pass --model")
         args.model = bases.pop()
         if args.model:
             taken.append(f"--model {args.model}")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data import Batcher, build_examples, eval_batches, field_char_limit, load_train_eval, pad_id_for
 from lora import inject, save_adapter, save_merged
-from lora.inject import DEFAULT_TARGETS, LoRAConfig
+from lora.inject import DEFAULT_TARGETS, LoRAConfig, ParamCount
 from model import load_model, load_tokenizer
 from model.errors import UserError
 from model.checkpoint.gguf import DEFAULT_MODEL_ID
@@ -266,10 +266,13 @@ def train_llm(cfg: TrainConfig, train_rows, eval_rows, out: Path, resume: bool, 
 def load_for_training(cfg: TrainConfig, world: distributed.World, device, dtype):
     """(model folder, tokenizer, model with LoRA, the loss module to train: the model's loss,
     wrapped in DDP or sharded with FSDP under torchrun)."""
-    # FSDP loads on the CPU and moves only each rank's shard to its GPU (fully_shard does the
-    # move), so no GPU ever holds the whole model.
-    load_device = torch.device("cpu") if cfg.parallel == "fsdp" else device
-    folder, tokenizer, model = load_with_lora(cfg, load_device, dtype, quiet=not world.is_main)
+    # FSDP loads on the CPU and shards each block as soon as it is loaded, moving only this
+    # rank's shard to its GPU (fully_shard does the move): no GPU ever holds the whole model,
+    # and no rank's CPU RAM does either.
+    fsdp = cfg.parallel == "fsdp"
+    shard = (lambda block: distributed.shard_block(block, world, cfg.cpu_offload)) if fsdp else None
+    folder, tokenizer, model = load_with_lora(cfg, torch.device("cpu") if fsdp else device, dtype,
+                                              quiet=not world.is_main, shard_block=shard)
     return folder, tokenizer, model, distributed.wrap(TargetLoss(model), model, world, cfg.cpu_offload)
 
 
@@ -315,13 +318,27 @@ def device_and_dtype(cfg: TrainConfig, world: distributed.World) -> tuple[torch.
     return device, parse_dtype(cfg.dtype)
 
 
-def load_with_lora(cfg: TrainConfig, device, dtype, quiet: bool = False):
-    """(model folder, tokenizer, model with LoRA on cfg.targets; only LoRA trains)."""
+def load_with_lora(cfg: TrainConfig, device, dtype, quiet: bool = False, shard_block=None):
+    """(model folder, tokenizer, model with LoRA on cfg.targets; only LoRA trains). LoRA goes
+    into each block as soon as the loader has filled it, and shard_block(block) (FSDP) then
+    shards it, before the next block is read."""
     folder = resolve_model_dir(cfg.model, quiet=quiet)
     tokenizer = load_tokenizer(folder)
-    model = load_model(folder, dtype=dtype, device=device, quantize=cfg.quantize, quiet=quiet)
+    lora = LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.rslora, cfg.targets)
+    blocks = []   # each block's parameter counts, taken before it is sharded
+
+    def each_block(i, block):
+        blocks.append(inject(block, lora))
+        del block.lora_config         # the model holds it (below)
+        if shard_block is not None:
+            shard_block(block)
+
     torch.manual_seed(cfg.seed)  # LoRA's A matrices: the same init on every run with this seed
-    counts = inject(model, LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.rslora, cfg.targets))
+    model = load_model(folder, dtype=dtype, device=device, quantize=cfg.quantize, quiet=quiet,
+                       on_block=each_block)
+    model.lora_config = lora
+    rest = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("layers."))
+    counts = ParamCount(sum(c.trainable for c in blocks), sum(c.total for c in blocks) + rest)
     print(f"model: {folder} ({'nf4' if cfg.quantize else cfg.dtype}) on {device}; {counts}")
     model.gradient_checkpointing = cfg.grad_checkpointing
     return folder, tokenizer, model

@@ -21,6 +21,7 @@ from data.batches import Batcher, rank_share, shard_batch
 from data.format import IGNORE_INDEX, Example
 from model import UserError
 from tests.helpers import tiny_model_with_smollm2_tokenizer
+from tools.memory import MemoryPlanArgs, estimate, load_config
 from training import checkpoint, distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +172,35 @@ def test_two_ranks_give_one_process_gradients_and_fsdp_halves_the_4bit_weights(t
         assert abs(fsdp[f"base_bytes_rank{rank}"] - (fsdp["base_total_bytes"] - replicated) / 2 - replicated) \
             <= 0.01 * fsdp["base_total_bytes"]
         assert ddp[f"nf4_bytes_rank{rank}"] == ddp["nf4_total_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_fsdp_shards_each_block_as_it_loads_so_no_rank_holds_the_whole_model(tiny_dir, tmp_path):
+    """train.py's FSDP load: when a block has been read, the rank holds the shards of the blocks
+    before it plus this one whole block, nothing more (the root and later blocks are not read
+    yet), and sharding it keeps half of it. Before, each rank loaded the whole model first."""
+    r = _torchrun(["--model", str(tiny_dir), "--out", str(tmp_path)], script="tests/dist_load_worker.py")
+    assert r.returncode == 0, r.stderr[-3000:]
+    codes = 7 * (16 * 4 + 256 * 4 + 4)   # each NF4 matrix's code tables stay whole on every rank
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        calls = seen["calls"]
+        assert len(calls) == 2                                   # the tiny model's blocks, in order
+        held = 0
+        for call in calls:
+            assert call["before"] == held + call["block"]        # shards so far + the block in hand
+            kept = call["after"] - held
+            assert abs(kept - ((call["block"] - codes) / 2 + codes)) <= 0.01 * call["block"]
+            held = call["after"]
+        assert max(c["before"] for c in calls) < seen["blocks"] < seen["whole"]
+        # then the root (embedding, norm) is read whole next to the block shards: the planner's
+        # figure for this shape (on a CPU the shards stay in CPU RAM, as with --cpu-offload)
+        peak = max(seen["before_root_sharded"], *(c["before"] for c in calls))
+        assert seen["before_root_sharded"] > held
+        config = load_config(str(tiny_dir))[0]
+        plan = estimate(config, MemoryPlanArgs(lora_r=4, dtype="float32", nproc=2, parallel="fsdp",
+                                               cpu_offload=True, optim="adamw"))
+        assert abs(plan.loading - peak) <= 0.01 * peak, (plan.loading, peak)
 
 
 # ----------------------------------------------------------------------------- train.py end to end

@@ -198,9 +198,9 @@ def test_cli_prints_the_ranks_and_the_offloaded_cpu_ram(capsys):
     assert "CPU RAM per rank (offloaded shards)" in out and "Verdict: fits one 24.0 GiB GPU per rank" in out
 
 
-def test_fsdp_load_ram_is_the_bytes_of_the_model_train_py_loads(tmp_path, capsys):
-    # The TINY shape as a real checkpoint, loaded as train.py loads it on every FSDP rank: NF4 in
-    # bfloat16, LoRA r=8 on the seven linears. Its tensors' bytes are the planner's figure.
+def test_fsdp_load_ram_counts_the_blocks_and_root_train_py_loads(tmp_path, capsys):
+    # The TINY shape as a real checkpoint, loaded as train.py loads it: NF4 in bfloat16, LoRA r=8
+    # on the seven linears. A block is read whole and sharded before the next one; the root last.
     from lora.inject import LoRAConfig, inject
     from model import load_model
     from tests.helpers import save_hf_checkpoint, tiny_hf_config
@@ -209,15 +209,18 @@ def test_fsdp_load_ram_is_the_bytes_of_the_model_train_py_loads(tmp_path, capsys
     save_hf_checkpoint(hf, tmp_path, dtype=torch.bfloat16)
     model = load_model(tmp_path, dtype="bfloat16", quantize="nf4", quiet=True)
     inject(model, LoRAConfig(r=8, alpha=16, dropout=0.0, targets=memory.TARGETS))
-    tensors = [t for _, t in model.named_parameters()] + \
-              [t for name, t in model.named_buffers() if "inv_freq" not in name]   # rope: 64 bytes
-    loaded = sum(t.numel() * t.element_size() for t in tensors)
-    plan = estimate(TINY, plan_args(nproc=2, parallel="fsdp", cpu_offload=True))
-    assert plan.loading == loaded
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    block = nbytes([*model.layers[0].parameters(), *model.layers[0].buffers()])
+    root = nbytes([model.embed_tokens.weight, model.lm_head.weight, model.norm.weight])
+    assert root > block     # so the root, read last, is the peak
+    offload = estimate(TINY, plan_args(nproc=2, parallel="fsdp", cpu_offload=True))
+    assert offload.loading == 2 * (block // 2) + root            # the shards stay in CPU RAM
+    on_gpu = estimate(TINY, plan_args(nproc=2, parallel="fsdp"))
+    assert on_gpu.loading == root                                # they go to the GPU as made
     assert estimate(TINY, plan_args(nproc=2, parallel="ddp")).loading == 0   # DDP loads on the GPU
     main(["--model", "meta-llama/Meta-Llama-3-70B", "--quantize", "nf4", "--dtype", "bfloat16", "--optim", "adamw",
           "--nproc", "2", "--parallel", "fsdp", "--cpu-offload", "--lora-r", "16", "--grad-checkpointing"])
-    assert re.search(r"^  CPU RAM per rank while loading +37\.58 ", capsys.readouterr().out, re.MULTILINE)
+    assert re.search(r"^  CPU RAM per rank while loading +20\.74 ", capsys.readouterr().out, re.MULTILINE)
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])

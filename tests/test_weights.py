@@ -115,6 +115,45 @@ def test_weights_stream_in_as_frozen_parameters_of_the_requested_dtype(checkpoin
     assert not any(p.is_meta for p in params)
 
 
+@pytest.mark.parametrize("quantize", [None, "nf4"])
+def test_on_block_gets_each_block_whole_and_in_order_before_the_next_is_read(checkpoint, quantize, monkeypatch):
+    # Two shards holding the blocks out of order: layers.1 and the embedding in the first file,
+    # layers.0 and the rest in the second. The loader still fills block 0 first, and hands each
+    # block over before reading anything of the next one or of the root.
+    tensors = load_file(checkpoint / "model.safetensors")
+    (checkpoint / "model.safetensors").unlink()
+    first = {k: v for k, v in tensors.items() if k.startswith(("model.layers.1.", "model.embed_tokens"))}
+    files = {"a.safetensors": first, "b.safetensors": {k: v for k, v in tensors.items() if k not in first}}
+    for name, part in files.items():
+        save_file(part, checkpoint / name)
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: name for name, part in files.items() for k in part}}))
+    seen = []
+
+    def on_block(i, block):
+        model = block_owner[0]
+        assert not any(t.is_meta for t in block.parameters()) and not any(t.is_meta for t in block.buffers())
+        later = [p for b in model.layers[i + 1:] for p in [*b.parameters(), *b.buffers()]]
+        assert all(t.is_meta for t in later) and model.norm.weight.is_meta
+        assert not any(p.requires_grad for p in block.parameters())
+        block.seen = True      # what on_block does to a block stays
+        seen.append(i)
+
+    block_owner = []    # the model being built, seen through the loader's block watch
+    from model.checkpoint import load as loader
+    watch_init = loader._BlockWatch.__init__
+
+    def capture(self, model, *rest):
+        block_owner.append(model)
+        watch_init(self, model, *rest)
+    monkeypatch.setattr(loader._BlockWatch, "__init__", capture)
+    model = load_model(checkpoint, quantize=quantize, on_block=on_block)
+    assert seen == [0, 1] and all(b.seen for b in model.layers)
+    reference = load_model(checkpoint, quantize=quantize)      # the same weights without a hook
+    ids = torch.tensor([[1, 5, 9, 2]])
+    assert torch.equal(model(ids), reference(ids))
+
+
 def _fail_on_hub(*args, **kwargs):
     raise AssertionError("the embedded default must not ask the hub")
 

@@ -57,9 +57,11 @@ logits, workspace and CUDA context are the same on every rank as in one process.
   --cpu-offload  (fsdp only; FSDP2's CPUOffloadPolicy) the sharded parts live in CPU RAM: the GPU
                keeps the gathered parts, activations, logits, workspace and context. The CPU RAM
                each rank needs is printed after the GPU total, not in it.
-  CPU RAM while loading (fsdp): each rank loads and quantizes the whole model in CPU RAM before
-               fully_shard keeps its 1/N (train.py), so for a moment every rank holds the NF4
-               linears, embeddings, norms, lm_head and LoRA parameters in full.
+  CPU RAM while loading (fsdp): train.py reads the checkpoint block by block; each block is
+               quantized in CPU RAM, gets LoRA and is sharded before the next one is read, and
+               the root (embedding, final norm, lm_head) comes last. So a rank's CPU RAM holds
+               one whole block, then the whole root, plus, with --cpu-offload, the shards made
+               so far.
 """
 
 import argparse
@@ -170,7 +172,7 @@ class MemoryPlan:
     parts: dict[str, int] = field(default_factory=dict)   # name -> bytes per GPU, in print order
     budget: int = 0                        # usable GPU bytes
     offloaded: dict[str, int] = field(default_factory=dict)   # name -> bytes of CPU RAM per rank
-    loading: int = 0                       # FSDP: CPU RAM per rank for the whole model, before sharding
+    loading: int = 0                       # FSDP: peak CPU RAM per rank while train.py loads the model
 
     @property
     def total_params(self) -> int:
@@ -324,8 +326,13 @@ def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
         extra = {"DDP gradient buckets (float32)": lora_params * 4}
     elif args.parallel == "fsdp":
         n = args.nproc
-        # Each rank loads (and quantizes) the whole model into CPU RAM; fully_shard then keeps 1/N.
-        loading = sum(weights.values()) + other_params * a + lora_params * 4
+        # train.py's load: each block is read whole, gets LoRA and is sharded before the next one
+        # is read; the root (embedding, final norm, lm_head) comes last. The shards go to the GPU
+        # as they are made, or stay in CPU RAM with --cpu-offload.
+        block = (sum(weights.values()) + lora_params * 4) // L + 2 * config.dim * a
+        root = (embeddings + config.dim) * a
+        shard = -(-block // n) if args.cpu_offload else 0
+        loading = max((L - 1) * shard + block, L * shard + root)
         state = {f"sharded: {part} (1/{n})": -(-size // n) for part, size in state.items()}   # ceil
         extra = fsdp_gathered(config, args)
         if args.cpu_offload:
@@ -384,7 +391,7 @@ def report(plan: MemoryPlan, config: LlamaConfig, args: MemoryPlanArgs, name: st
                      "   (not on the GPU)")
     if plan.loading:
         lines.append(f"  {'CPU RAM per rank while loading':{width}s}{gib(plan.loading)}"
-                     "   (the whole model, before FSDP keeps 1/N)")
+                     "   (one block whole at a time, then the root)")
     lines.append("")
     big = ", ".join(f"{p} {plan.parts[p] / GIB:.1f} GiB" for p in plan.dominant())
     verdict = "fits" if plan.fits else "does NOT fit"

@@ -19,6 +19,8 @@ set_requires_gradient_sync), so accumulation costs no extra communication.
 FSDP2 (torch.distributed.fsdp.fully_shard) is applied to every transformer block and then to the
 loss module at the root, which owns the embedding, the final norm and lm_head. Each rank keeps
 1/N of every parameter between uses; a block's full weights exist only while it computes.
+train.py shards each block as soon as the loader has read it (shard_block), so a rank never holds
+the whole model while loading either.
 """
 
 import contextlib
@@ -26,7 +28,7 @@ import datetime
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -47,6 +49,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    mesh: object = field(default=None, repr=False, compare=False)   # FSDP's DeviceMesh, made on first use
 
     @property
     def distributed(self) -> bool:
@@ -168,7 +171,7 @@ def shard_nf4_weights(model: nn.Module) -> int:
     """
     changed = 0
     for module in model.modules():
-        if isinstance(module, Linear4bit):
+        if isinstance(module, Linear4bit) and NF4_SHARDED[0] in module._buffers:
             for name in NF4_SHARDED:
                 tensor = module._buffers.pop(name)
                 module.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
@@ -186,17 +189,33 @@ def wrap(loss_module: nn.Module, model: nn.Module, world: World, cpu_offload: bo
         return DistributedDataParallel(loss_module, device_ids=[world.device] if world.device.type == "cuda" else None,
                                        forward_sync_buffers=False, init_sync=False)
     if world.parallel == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
-        shard_nf4_weights(model)
-        mesh = init_device_mesh(world.device.type, (world.size,))
-        # Offloading keeps the shards, their gradients and AdamW's state in CPU RAM; pinned
-        # memory (faster copies) only exists with a GPU.
-        policy = CPUOffloadPolicy(pin_memory=world.device.type == "cuda") if cpu_offload else OffloadPolicy()
+        from torch.distributed.fsdp import FSDPModule, fully_shard
         for block in model.layers:
-            fully_shard(block, mesh=mesh, offload_policy=policy)
-        fully_shard(loss_module, mesh=mesh, offload_policy=policy)
+            if not isinstance(block, FSDPModule):   # shard_block did it while loading, normally
+                shard_block(block, world, cpu_offload)
+        fully_shard(loss_module, **_fsdp_options(world, cpu_offload))
     return loss_module
+
+
+def shard_block(block: nn.Module, world: World, cpu_offload: bool = False) -> None:
+    """FSDP2 on one transformer block: this rank keeps 1/N of each of its parameters (the 4-bit
+    weights included) and the full ones are freed. train.py calls it as each block finishes
+    loading, so a rank never holds the whole model."""
+    from torch.distributed.fsdp import fully_shard
+    shard_nf4_weights(block)
+    fully_shard(block, **_fsdp_options(world, cpu_offload))
+
+
+def _fsdp_options(world: World, cpu_offload: bool) -> dict:
+    """fully_shard's mesh (one per run, made on first use) and offload policy."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+    if world.mesh is None:
+        world.mesh = init_device_mesh(world.device.type, (world.size,))
+    # Offloading keeps the shards, their gradients and AdamW's state in CPU RAM; pinned
+    # memory (faster copies) only exists with a GPU.
+    policy = CPUOffloadPolicy(pin_memory=world.device.type == "cuda") if cpu_offload else OffloadPolicy()
+    return {"mesh": world.mesh, "offload_policy": policy}
 
 
 def gradient_sync(module: nn.Module, world: World, sync: bool):

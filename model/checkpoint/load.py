@@ -2,8 +2,13 @@
 
     path_or_id --resolve_model_dir--> a folder with config.json + *.safetensors
                --LlamaConfig.from_json--> Llama(config) on "meta" (no memory)
-               --for each tensor in each file: read, cast, (quantize), place on device-->
+               --for each tensor, block by block: read, cast, (quantize), place on device-->
                a ready model; host RAM holds the model once plus one tensor in flight.
+
+The tensors are read block by block (layers.0 first, the embedding, final norm and lm_head
+last), whatever their order in the files. A caller's on_block(i, block) runs as soon as block i
+is complete, before the next one is read: train.py puts LoRA into the block there and, under
+FSDP, shards it, so a rank holds its shards plus one whole block, never the whole model.
 
 A checkpoint comes from a local folder, from a Hugging Face repo id (huggingface-hub, which
 honours HF_HOME, HF_HUB_OFFLINE and HF_TOKEN), or, when no model is named, from the embedded
@@ -16,6 +21,7 @@ only when it is named, e.g. `--model HuggingFaceTB/SmolLM2-135M-Instruct`.
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -84,12 +90,13 @@ def resolve_model_dir(path_or_id: str | os.PathLike | None = None, quiet: bool =
 # ----------------------------------------------------------------------------- loading it
 def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", device="cpu",
                quantize: str | None = None, compute_dtype=None, adapter=None,
-               quiet: bool = False) -> Llama:
+               quiet: bool = False, on_block: Callable[[int, nn.Module], None] | None = None) -> Llama:
     """Builds a Llama from a checkpoint (a folder, a hub repo id, or None: the embedded default).
     quantize="nf4" stores every linear inside the blocks in 4 bits (QLoRA); "int4" / "int8" make
     every linear, lm_head included, weight-only integers for inference (model/quant/weight_only.py);
     `adapter` applies a PEFT-format LoRA adapter folder on top, warning if it was trained on
-    another base."""
+    another base. on_block(i, block) is called once per block, in order, as soon as its weights
+    are in place (frozen, like every base weight)."""
     quantize = parse_quantize(quantize, "quantize=")
     dtype = parse_dtype(dtype)
     compute_dtype = parse_dtype(compute_dtype) if compute_dtype is not None else dtype
@@ -101,16 +108,18 @@ def load_model(path_or_id: str | os.PathLike | None = None, *, dtype="float32", 
 
     with torch.device("meta"):
         model = Llama(config)
+    model.requires_grad_(False)   # the base is frozen; every tensor placed below stays so
     if quantize == "nf4" or prequantized:
         from model.quant.linear4bit import replace_linears_with_4bit
         replace_linears_with_4bit(model, compute_dtype)
 
     four_bit = quantize == "nf4" or prequantized
-    loaded = _stream_tensors(model, checkpoint_files(folder), dtype, device, prequantized, four_bit)
-    _check_complete(model, loaded, folder, four_bit)
+    expected = _expected(model, four_bit)   # before on_block changes the blocks (LoRA, say)
+    loaded = _stream_tensors(model, checkpoint_files(folder), dtype, device, prequantized, four_bit,
+                             _BlockWatch(model, four_bit, on_block))
+    _check_complete(expected, loaded, folder)
     model.inv_freq = _rope_buffer(config, device)  # built on meta above; compute it for real
     model.eval()
-    model.requires_grad_(False)
     model.source_dir = folder
     if prequantized and quantize != "nf4":  # dense floats, or int4 / int8 made from them below
         from model.quant.linear4bit import replace_4bit_with_linears
@@ -163,9 +172,35 @@ def _linear4bit_type(four_bit: bool):
     return Linear4bit
 
 
+def _block_of(key: str, n_layers: int) -> int:
+    """The block a checkpoint tensor belongs to; n_layers (read last) for the rest."""
+    parts = key.removeprefix("model.").split(".")
+    if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit():
+        return int(parts[1])
+    return n_layers
+
+
+class _BlockWatch:
+    """Calls on_block(i, block) once block i and every block before it have all their weights."""
+
+    def __init__(self, model: nn.Module, four_bit: bool, on_block):
+        self.model, self.on_block, self.next = model, on_block, 0
+        self.missing = [_expected(block, four_bit) for block in model.layers] if on_block else []
+
+    def loaded(self, name: str):
+        parts = name.split(".", 2)
+        if parts[0] != "layers" or self.on_block is None:
+            return
+        self.missing[int(parts[1])].discard(parts[2])
+        while self.next < len(self.missing) and not self.missing[self.next]:
+            self.on_block(self.next, self.model.layers[self.next])
+            self.next += 1
+
+
 def _stream_tensors(model: nn.Module, files: list[Path], dtype, device, prequantized: bool,
-                    four_bit: bool) -> set[str]:
-    """Reads each tensor once and moves it into place; returns the names that were filled."""
+                    four_bit: bool, watch: _BlockWatch) -> set[str]:
+    """Reads each tensor once, block by block, and moves it into place; returns the names that
+    were filled."""
     Linear4bit = _linear4bit_type(four_bit)
     modules = dict(model.named_modules())
     loaded: set[str] = set()
@@ -175,31 +210,33 @@ def _stream_tensors(model: nn.Module, files: list[Path], dtype, device, prequant
         # A 4-bit weight's statistics may sit in another shard than its packed bytes.
         where = {key: reader for reader in readers for key in reader.keys()}
         quant_groups = _group_quantized(list(where)) if prequantized else {}
-        for reader in readers:
+        n_layers = len(model.layers)
+        for key in sorted(where, key=lambda k: _block_of(k, n_layers)):   # stable: file order within a block
+            reader = where[key]
             path = reader.path
-            for key in reader.keys():
-                name = key.removeprefix("model.")
-                if name.endswith(IGNORED_SUFFIXES) or _is_quant_stat(key, quant_groups):
-                    continue
-                module_name, _, attr = name.rpartition(".")
-                module = modules.get(module_name)
-                if module is None or attr not in ("weight", "bias"):
-                    if name == "lm_head.weight" and model.lm_head is None:
-                        continue  # some tied checkpoints store the head anyway
-                    raise UserError(f"{path}: unexpected tensor '{key}' for this config.json")
-                if isinstance(module, Linear4bit) and key in quant_groups:
-                    tensors = {k: where[k].get_tensor(k) for k in quant_groups[key]}
-                    module.load_packed(key, tensors, source=str(path), device=device)
-                elif isinstance(module, Linear4bit) and attr == "weight":
-                    _check_shape(path, key, reader.shape(key), module.weight_shape)
-                    try:
-                        module.quantize_(reader.get_tensor(key).to(device))
-                    except ValueError as e:     # NaN or inf, or a dtype NF4 does not take
-                        raise UserError(f"{path}: tensor '{key}' cannot be quantized to nf4 ({e}); "
-                                        "load it without quantize or repair the checkpoint") from None
-                else:
-                    _place(module, attr, reader.get_tensor(key), dtype, device, path, key)
-                loaded.add(f"{module_name}.{attr}")
+            name = key.removeprefix("model.")
+            if name.endswith(IGNORED_SUFFIXES) or _is_quant_stat(key, quant_groups):
+                continue
+            module_name, _, attr = name.rpartition(".")
+            module = modules.get(module_name)
+            if module is None or attr not in ("weight", "bias"):
+                if name == "lm_head.weight" and model.lm_head is None:
+                    continue  # some tied checkpoints store the head anyway
+                raise UserError(f"{path}: unexpected tensor '{key}' for this config.json")
+            if isinstance(module, Linear4bit) and key in quant_groups:
+                tensors = {k: where[k].get_tensor(k) for k in quant_groups[key]}
+                module.load_packed(key, tensors, source=str(path), device=device)
+            elif isinstance(module, Linear4bit) and attr == "weight":
+                _check_shape(path, key, reader.shape(key), module.weight_shape)
+                try:
+                    module.quantize_(reader.get_tensor(key).to(device))
+                except ValueError as e:     # NaN or inf, or a dtype NF4 does not take
+                    raise UserError(f"{path}: tensor '{key}' cannot be quantized to nf4 ({e}); "
+                                    "load it without quantize or repair the checkpoint") from None
+            else:
+                _place(module, attr, reader.get_tensor(key), dtype, device, path, key)
+            loaded.add(f"{module_name}.{attr}")
+            watch.loaded(f"{module_name}.{attr}")
     finally:
         for reader in readers:
             reader.close()
@@ -234,7 +271,8 @@ def _is_quant_stat(key: str, groups: dict[str, list[str]]) -> bool:
     return key != base and base in groups
 
 
-def _check_complete(model: nn.Module, loaded: set[str], folder: Path, four_bit: bool):
+def _expected(model: nn.Module, four_bit: bool) -> set[str]:
+    """The names a checkpoint must fill: every parameter, and each 4-bit linear's weight."""
     Linear4bit = _linear4bit_type(four_bit)
     expected = set()
     for name, module in model.named_modules():
@@ -242,6 +280,10 @@ def _check_complete(model: nn.Module, loaded: set[str], folder: Path, four_bit: 
             expected.add(f"{name}.weight")
         for pname, _ in module.named_parameters(recurse=False):
             expected.add(f"{name}.{pname}")
+    return expected
+
+
+def _check_complete(expected: set[str], loaded: set[str], folder: Path):
     missing = sorted(expected - loaded)
     if missing:
         shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")

@@ -46,7 +46,7 @@ from model.checkpoint.load import parse_quantize, resolve_model_dir
 from model.compile import compile_decoding
 from training.checks import check_device, check_dtype, check_range
 from training.flags import opt, parse_config
-from training.run_config import NAME as RUN_CONFIG, read_run_config
+from training.run_config import read_run_config, say_taken, take_base
 
 
 @dataclass
@@ -120,23 +120,8 @@ def follow_the_runs(args, variants: list[Variant]) -> None:
     """The LoRA runs' base (--model) and 4-bit storage (--quantize nf4), from their
     train_config.json, fill those flags when they are unset: every variant, 'base' included,
     then answers on the model the adapters were trained on. Says so on stderr, once."""
-    runs = [v for v in variants if v.kind == "lora" and v.run]
-    taken = []
-    if args.model is None and runs:
-        bases = {v.run.get("model") for v in runs}  # None: the embedded default
-        if len(bases) > 1:
-            names = ", ".join(f"{v.path} ({v.run.get('model') or 'the embedded default'})" for v in runs)
-            raise UserError(f"--variants: these runs were trained on different base models: {names}; "
-                            "evaluate each base's runs on their own, or pass --model")
-        args.model = bases.pop()
-        if args.model:
-            taken.append(f"--model {args.model}")
-    if args.quantize is None and runs and all(v.run.get("quantize") == "nf4" for v in runs):
-        args.quantize = "nf4"
-        taken.append("--quantize nf4")
-    if taken:
-        where = ", ".join(str(v.path / RUN_CONFIG) for v in runs)
-        print(f"from {where}: {' '.join(taken)} (flags given here win)", file=sys.stderr)
+    runs = {v.path: v.run for v in variants if v.kind == "lora" and v.run}
+    say_taken(runs, take_base(args, runs, "--variants"))
 
 
 def check_args(args) -> None:

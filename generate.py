@@ -14,7 +14,7 @@ from pathlib import Path
 
 from model.errors import UserError
 from training.flags import opt, parse_config
-from training.run_config import NAME as RUN_CONFIG, read_run_config
+from training.run_config import read_run_config, say_taken, take_base
 
 
 @dataclass
@@ -96,19 +96,11 @@ def follow_the_run(args) -> None:
     if not args.adapter:
         return
     run = read_run_config(args.adapter)  # {} for a plain PEFT folder: nothing recorded beyond the adapter
-    taken = []
-    if args.model is None and run.get("model"):
-        args.model = run["model"]
-        taken.append(f"--model {args.model}")
-    if args.quantize is None and run.get("quantize") == "nf4":
-        args.quantize = "nf4"
-        taken.append("--quantize nf4")
+    taken = take_base(args, {Path(args.adapter): run}, "--adapter")
     if args.chat_format is None and run.get("template") == "alpaca":
         args.chat_format = "alpaca"
         taken.append("--chat-format alpaca")
-    if taken:
-        print(f"from {Path(args.adapter) / RUN_CONFIG}: {' '.join(taken)} (flags given here win)",
-              file=sys.stderr)
+    say_taken([args.adapter], taken)
 
 
 def main(argv=None):

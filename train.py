@@ -39,6 +39,7 @@ from training import checkpoint, distributed
 from training.char import train_char_model
 from training.checks import check_config, check_device
 from training.flags import opt, parse_config
+from training.run_config import NAME as RUN_CONFIG, write_run_config
 from training.step import eval_loss, make_optimizer, make_scaler, train_step
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -175,9 +176,9 @@ def train_char_baseline(cfg, train_rows, eval_rows, out):
     out.mkdir(parents=True, exist_ok=True)
     result = train_char_model(train_texts, eval_texts, char_cfg, out)
     unigram = unigram_bits_per_char("".join(train_texts), "".join(eval_texts))
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    write_run_config(out, cfg)
     print(f"{cfg.arch}: validation {result['val_bpc']:.3f} bits/char (unigram baseline {unigram:.3f})")
-    print_outputs(out, [("model", "char_model.pt"), ("metrics", "metrics.jsonl"), ("config", "train_config.json")])
+    print_outputs(out, [("model", "char_model.pt"), ("metrics", "metrics.jsonl"), ("config", RUN_CONFIG)])
     print(f"compare it with: python evaluate.py --variants base,{out}")
 
 
@@ -302,7 +303,7 @@ def start_run_folder(cfg: TrainConfig, world: distributed.World, out: Path, run,
             group["lr"] = cfg.lr * lr_factor(cfg, scheduler.last_epoch)
     if world.is_main:
         _write_metrics(out / "metrics.jsonl", history)  # rewritten up to the resumed step: no duplicates
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        write_run_config(out, cfg)
     return step, history
 
 
@@ -373,7 +374,7 @@ def finish(cfg: TrainConfig, out: Path, history: list[dict], model, folder: Path
     print_outputs(out, [("adapter", "adapter_model.safetensors"), ("adapter", "adapter_config.json"),
                         ("base model", "base_model.json"), ("loss plot", "loss.png"),
                         ("metrics", "metrics.jsonl"), ("checkpoint", checkpoint.CHECKPOINT_NAME),
-                        ("step", checkpoint.STATE_NAME), ("config", "train_config.json")]
+                        ("step", checkpoint.STATE_NAME), ("config", RUN_CONFIG)]
                   + ([("merged", "merged")] if cfg.merge else []))
     print(f"chat with it: python generate.py --adapter {out}")
     print(f"train further: the same flags plus --resume --max-steps N (N > {step})")

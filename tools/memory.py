@@ -237,8 +237,9 @@ def activation_bytes_per_token_block(config: LlamaConfig, args: MemoryPlanArgs) 
     return norms + attention + swiglu + lora
 
 
-def fsdp_gathered(config: LlamaConfig, args: MemoryPlanArgs) -> dict[str, int]:
-    """Bytes FSDP holds unsharded on every rank at the same time (module docstring)."""
+def fsdp_units(config: LlamaConfig, args: MemoryPlanArgs) -> tuple[int, int, int]:
+    """Bytes of FSDP's units in full: (one block: its linears, two norms and float32 LoRA; the
+    root: embedding, final norm, lm_head; one block's LoRA parameters)."""
     a, shapes = DTYPE_BYTES[args.dtype], linear_shapes(config)
     root = (config.vocab_size * (1 if config.tie_word_embeddings else 2) + 1) * config.dim * a
     if args.quantize == "nf4":
@@ -247,6 +248,21 @@ def fsdp_gathered(config: LlamaConfig, args: MemoryPlanArgs) -> dict[str, int]:
         block_weights = sum(i * o for i, o in shapes.values()) * a
     block_lora = sum(args.lora_r * (shapes[t][0] + shapes[t][1]) for t in args.lora_targets)
     block = block_weights + 2 * config.dim * a + block_lora * 4        # + its two RMSNorm vectors
+    return block, root, block_lora
+
+
+def fsdp_loading(config: LlamaConfig, args: MemoryPlanArgs) -> int:
+    """Peak CPU RAM per rank while train.py loads: each block is read whole, gets LoRA and is
+    sharded before the next one is read; the root comes last. The shards go to the GPU as they
+    are made, or stay in CPU RAM with --cpu-offload."""
+    block, root, _ = fsdp_units(config, args)
+    shard = -(-block // args.nproc) if args.cpu_offload else 0
+    return max((config.n_layers - 1) * shard + block, config.n_layers * shard + root)
+
+
+def fsdp_gathered(config: LlamaConfig, args: MemoryPlanArgs) -> dict[str, int]:
+    """Bytes FSDP holds unsharded on every rank at the same time (module docstring)."""
+    block, root, block_lora = fsdp_units(config, args)
     n = min(FSDP_GATHERED_BLOCKS, config.n_layers)
     return {"gathered: root (embedding, norm, lm_head)": root,
             f"gathered: {n} block{'s' if n > 1 else ''}": n * block,
@@ -326,13 +342,7 @@ def estimate(config: LlamaConfig, args: MemoryPlanArgs) -> MemoryPlan:
         extra = {"DDP gradient buckets (float32)": lora_params * 4}
     elif args.parallel == "fsdp":
         n = args.nproc
-        # train.py's load: each block is read whole, gets LoRA and is sharded before the next one
-        # is read; the root (embedding, final norm, lm_head) comes last. The shards go to the GPU
-        # as they are made, or stay in CPU RAM with --cpu-offload.
-        block = (sum(weights.values()) + lora_params * 4) // L + 2 * config.dim * a
-        root = (embeddings + config.dim) * a
-        shard = -(-block // n) if args.cpu_offload else 0
-        loading = max((L - 1) * shard + block, L * shard + root)
+        loading = fsdp_loading(config, args)
         state = {f"sharded: {part} (1/{n})": -(-size // n) for part, size in state.items()}   # ceil
         extra = fsdp_gathered(config, args)
         if args.cpu_offload:

@@ -171,7 +171,7 @@ def shard_nf4_weights(model: nn.Module) -> int:
     """
     changed = 0
     for module in model.modules():
-        if isinstance(module, Linear4bit) and NF4_SHARDED[0] in module._buffers:
+        if isinstance(module, Linear4bit):
             for name in NF4_SHARDED:
                 tensor = module._buffers.pop(name)
                 module.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
